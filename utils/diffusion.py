@@ -1,0 +1,253 @@
+"""DDPM math (Ho et al. 2020), fast samplers through diffusers, classifier-free guidance.
+
+Notation follows the paper and diffusers: β_t = ``betas``, α_t = 1 − β_t = ``alphas``,
+ᾱ_t = ∏_{s≤t} α_s = ``alphas_cumprod``. Timesteps are 0-based: t = 0 … T−1.
+Images live in model space [-1, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+SAMPLERS = ("ddpm", "ddim", "dpm")
+
+
+@dataclass
+class NoiseSchedule:
+    """β_1 … β_T and the products derived from them, as float32 tensors of shape (T,)."""
+
+    betas: torch.Tensor
+    alphas: torch.Tensor = field(init=False)
+    alphas_cumprod: torch.Tensor = field(init=False)
+
+    def __post_init__(self):
+        self.betas = self.betas.float()
+        self.alphas = 1.0 - self.betas                          # α_t
+        self.alphas_cumprod = torch.cumprod(self.alphas, 0)    # ᾱ_t
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return len(self.betas)
+
+    def to(self, device) -> "NoiseSchedule":
+        return NoiseSchedule(self.betas.to(device))
+
+
+def make_schedule(num_train_timesteps: int = 1000, beta_schedule: str = "linear",
+                  beta_start: float = 1e-4, beta_end: float = 0.02) -> NoiseSchedule:
+    """β_t for "linear" (Ho et al.: 1e-4 → 0.02) or "squaredcos_cap_v2" (Nichol & Dhariwal 2021).
+
+    Cosine: ᾱ(t) = cos²((t/T + s)/(1 + s) · π/2) with s = 0.008, β_t = 1 − ᾱ(t+1)/ᾱ(t),
+    capped at 0.999 (their eq. 17).
+    """
+    T = num_train_timesteps
+    if beta_schedule == "linear":
+        betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float32)
+    elif beta_schedule == "squaredcos_cap_v2":
+        def alpha_bar(t):
+            return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+        betas = torch.tensor([min(1 - alpha_bar((i + 1) / T) / alpha_bar(i / T), 0.999) for i in range(T)],
+                             dtype=torch.float32)
+    else:
+        raise ValueError(f"beta_schedule={beta_schedule!r}: use 'linear' or 'squaredcos_cap_v2'.")
+    return NoiseSchedule(betas)
+
+
+def schedule_from_config(cfg) -> NoiseSchedule:
+    return make_schedule(cfg.num_train_timesteps, cfg.beta_schedule, cfg.beta_start, cfg.beta_end)
+
+
+def _at(values: torch.Tensor, timesteps: torch.Tensor, ndim: int) -> torch.Tensor:
+    """values[t] for each sample, shaped (B, 1, 1, 1) to broadcast over images."""
+    return values.to(timesteps.device)[timesteps].reshape(-1, *([1] * (ndim - 1)))
+
+
+# ----------------------------------------------------------------------- forward process
+def q_sample(x0: torch.Tensor, timesteps: torch.Tensor, noise: torch.Tensor,
+             schedule: NoiseSchedule) -> torch.Tensor:
+    """Sample x_t ~ q(x_t | x_0) in closed form (Ho et al. eq. 4):
+
+        x_t = √ᾱ_t · x_0 + √(1 − ᾱ_t) · ε,   ε ~ N(0, I)
+
+    x0, noise: (B, C, H, W) in [-1, 1] / N(0, I); timesteps: (B,) ints in [0, T).
+    """
+    abar = _at(schedule.alphas_cumprod, timesteps, x0.ndim)          # (B, 1, 1, 1)
+    return abar.sqrt() * x0 + (1 - abar).sqrt() * noise              # (B, C, H, W)
+
+
+def predict_noise(model, xt: torch.Tensor, timesteps: torch.Tensor, labels=None,
+                  drop_labels=None) -> torch.Tensor:
+    """ε_θ(x_t, t[, y]) from a diffusers ``UNet2DModel`` or a conditional wrapper."""
+    if labels is None:
+        out = model(xt, timesteps)
+    else:
+        out = model(xt, timesteps, labels, drop_labels=drop_labels)
+    return out.sample if hasattr(out, "sample") else out
+
+
+def diffusion_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, labels=None,
+                   cond_drop_prob: float = 0.0) -> torch.Tensor:
+    """Algorithm 1 (training), one step:
+
+        t ~ Uniform{0 … T−1},  ε ~ N(0, I)
+        loss = ‖ε − ε_θ(√ᾱ_t x_0 + √(1 − ᾱ_t) ε, t)‖²       (Ho et al. eq. 14)
+
+    With ``labels`` each sample's condition is dropped with probability ``cond_drop_prob``
+    (replaced by the learned null label), which trains the unconditional model that
+    classifier-free guidance needs (Ho & Salimans 2022).
+    x0: (B, C, H, W) in [-1, 1]; labels: (B, K) or None. Returns a scalar.
+    """
+    B = x0.shape[0]
+    timesteps = torch.randint(0, schedule.num_train_timesteps, (B,), device=x0.device)  # (B,)
+    noise = torch.randn_like(x0)                                                       # ε
+    xt = q_sample(x0, timesteps, noise, schedule)
+    drop = None
+    if labels is not None and cond_drop_prob > 0:
+        drop = torch.rand(B, device=x0.device) < cond_drop_prob                         # (B,) bool
+    eps = predict_noise(model, xt, timesteps, labels, drop)
+    return F.mse_loss(eps.float(), noise.float())
+
+
+def make_loss_fn(schedule: NoiseSchedule, *, conditional: bool = False, cond_drop_prob: float = 0.0):
+    """The ``loss_fn(model, batch)`` the training loop calls: Algorithm 1 on ``batch["x0"]``,
+    conditioned on ``batch["labels"]`` when ``conditional`` (MNIST's digit labels are ignored)."""
+    def loss_fn(model, batch):
+        labels = batch["labels"] if conditional else None
+        return diffusion_loss(model, batch["x0"], schedule, labels, cond_drop_prob)
+    return loss_fn
+
+
+# ----------------------------------------------------------------------- reverse process
+def ddpm_step(eps: torch.Tensor, t: int, xt: torch.Tensor, schedule: NoiseSchedule, *,
+              clip_sample: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One step of Algorithm 2 (sampling): x_t → x_{t−1}.
+
+    Without clipping this is Algorithm 2, line 4:
+        x_{t−1} = 1/√α_t · (x_t − β_t/√(1 − ᾱ_t) · ε_θ) + σ_t z,   z ~ N(0, I)
+    With ``clip_sample`` the predicted x̂_0 = (x_t − √(1 − ᾱ_t) ε_θ)/√ᾱ_t (eq. 15) is clamped
+    to [-1, 1] and the mean is the posterior mean μ̃_t(x_t, x̂_0) of eq. 7 (the same value
+    when nothing is clamped). σ_t² = β̃_t = (1 − ᾱ_{t−1})/(1 − ᾱ_t) · β_t (eq. 7), no noise at t = 0.
+    eps, xt: (B, C, H, W); t: int in [0, T). Matches diffusers ``DDPMScheduler.step``.
+    """
+    beta, alpha, abar = schedule.betas[t], schedule.alphas[t], schedule.alphas_cumprod[t]
+    abar_prev = schedule.alphas_cumprod[t - 1] if t > 0 else abar.new_tensor(1.0)
+    if clip_sample:
+        x0_hat = ((xt - (1 - abar).sqrt() * eps) / abar.sqrt()).clamp(-1, 1)        # eq. 15
+        mean = (abar_prev.sqrt() * beta / (1 - abar)) * x0_hat \
+            + (alpha.sqrt() * (1 - abar_prev) / (1 - abar)) * xt                      # eq. 7
+    else:
+        mean = (xt - beta / (1 - abar).sqrt() * eps) / alpha.sqrt()                    # Alg. 2
+    if t == 0:
+        return mean
+    variance = (1 - abar_prev) / (1 - abar) * beta                                      # β̃_t
+    z = torch.randn(xt.shape, generator=generator, device=xt.device, dtype=xt.dtype)
+    return mean + variance.clamp(min=1e-20).sqrt() * z
+
+
+def make_scheduler(sampler: str, schedule: NoiseSchedule, *, clip_sample: bool = True):
+    """A diffusers scheduler with exactly these betas: "ddpm", "ddim" (Song et al. 2021, η = 0)
+    or "dpm" (DPM-Solver++ 2M, Lu et al. 2022). Built fresh each time, never pickled."""
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+    common = dict(num_train_timesteps=schedule.num_train_timesteps,
+                  trained_betas=schedule.betas.cpu().numpy(), prediction_type="epsilon")
+    if sampler == "ddpm":
+        return DDPMScheduler(**common, clip_sample=clip_sample, variance_type="fixed_small")
+    if sampler == "ddim":
+        return DDIMScheduler(**common, clip_sample=clip_sample, timestep_spacing="trailing",
+                             set_alpha_to_one=True)
+    if sampler == "dpm":
+        return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2,
+                                           timestep_spacing="trailing", final_sigmas_type="zero")
+    raise ValueError(f"sampler={sampler!r}: use one of {SAMPLERS}.")
+
+
+def guided_noise(model, xt: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None,
+                 guidance_scale: float) -> torch.Tensor:
+    """ε for sampling; with labels, classifier-free guidance (Ho & Salimans 2022) in one forward:
+
+        ε = ε_uncond + w · (ε_cond − ε_uncond)
+
+    w = ``guidance_scale``: w = 1 is plain conditional sampling, w = 0 unconditional, w > 1
+    trades diversity for fidelity to the labels. Conditional and unconditional halves run as
+    one batch of 2B. xt: (B, C, H, W); labels: (B, K) or None.
+    """
+    B = xt.shape[0]
+    if labels is None:
+        return predict_noise(model, xt, t.expand(B))
+    if guidance_scale == 1.0:
+        return predict_noise(model, xt, t.expand(B), labels)
+    drop = torch.arange(2 * B, device=xt.device) >= B                          # second half: null label
+    eps = predict_noise(model, torch.cat([xt, xt]), t.expand(2 * B), torch.cat([labels, labels]), drop)
+    eps_cond, eps_uncond = eps.chunk(2)
+    return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+
+
+@dataclass
+class SampleResult:
+    """``images``: (B, C, H, W) in [-1, 1] on the CPU. ``frames``: snapshots of x_t from noise
+    to image (the first is pure noise, the last equals ``images``); ``frame_timesteps``: their t."""
+
+    images: torch.Tensor
+    frames: list[torch.Tensor]
+    frame_timesteps: list[int]
+
+
+@torch.inference_mode()
+def sample(model, schedule: NoiseSchedule, num_images: int, image_shape: tuple[int, int, int], *,
+           sampler: str = "ddpm", num_inference_steps: int | None = None, labels=None,
+           guidance_scale: float = 1.0, seed: int | None = 0, num_frames: int = 0,
+           clip_sample: bool = True, device=None, progress: bool = True) -> SampleResult:
+    """Generate ``num_images`` images of ``image_shape`` (C, H, W), starting from x_T ~ N(0, I).
+
+    "ddpm" is Algorithm 2 with all T steps (``ddpm_step``); "ddim" and "dpm" use diffusers
+    schedulers with ``num_inference_steps`` (e.g. 50). The loop reads: predict noise; step.
+    ``labels``: (B, K) multi-hot for a conditional model, with ``guidance_scale`` w (see
+    ``guided_noise``). ``num_frames`` > 0 keeps that many evenly spaced snapshots for a GIF.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler={sampler!r}: use one of {SAMPLERS}.")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    generator = torch.Generator(device)
+    if seed is not None:
+        generator.manual_seed(seed)
+    else:
+        generator.seed()
+    schedule_d = schedule.to(device)
+    if labels is not None:
+        labels = labels.to(device=device, dtype=dtype)
+
+    if sampler == "ddpm":
+        timesteps = list(range(schedule.num_train_timesteps - 1, -1, -1))   # T−1 … 0
+        step = lambda eps, t, x: ddpm_step(eps, t, x, schedule_d, clip_sample=clip_sample, generator=generator)
+    else:
+        scheduler = make_scheduler(sampler, schedule, clip_sample=clip_sample)
+        scheduler.set_timesteps(num_inference_steps or 50, device=device)
+        timesteps = [int(t) for t in scheduler.timesteps]
+        step = lambda eps, t, x: scheduler.step(eps, t, x, generator=generator).prev_sample
+
+    x = torch.randn((num_images, *image_shape), generator=generator, device=device, dtype=dtype)  # x_T
+    keep = _frame_indices(len(timesteps), num_frames)
+    frames, frame_t = ([x.clone()], [schedule.num_train_timesteps]) if num_frames else ([], [])
+    model.eval()
+    for i, t in enumerate(tqdm(timesteps, desc=f"sampling ({sampler})", disable=not progress, leave=False)):
+        eps = guided_noise(model, x, torch.tensor([t], device=device), labels, guidance_scale)  # predict noise
+        x = step(eps, t, x)                                                                    # step
+        if i in keep:
+            frames.append(x.clone())
+            frame_t.append(t)
+    return SampleResult(x.float().cpu(), [f.float().cpu() for f in frames], frame_t)
+
+
+def _frame_indices(num_steps: int, num_frames: int) -> set[int]:
+    """Which steps to snapshot after x_T: ``num_frames − 1`` evenly spaced, ending at the last."""
+    n = num_frames - 1
+    if n <= 0:
+        return set()
+    return {round(k * num_steps / n) - 1 for k in range(1, n + 1)}

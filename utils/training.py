@@ -1,0 +1,257 @@
+"""The one training loop. It takes a model, a ``loss_fn(model, batch)`` and a batch loader;
+it knows nothing about diffusion.
+
+Accelerate handles the device, mixed precision and multi-GPU; the loop adds EMA weights,
+gradient clipping, a per-iteration loss history, a progress bar, atomic checkpoints with
+automatic resume, a NaN guard and a time budget.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import resolve_mixed_precision
+from .io import atomic_save, safe_load
+
+CHECKPOINT_NAME = "last.pt"
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that does not fit this config, or cannot be read. The message says what to do."""
+
+
+@dataclass
+class Progress:
+    """What the ``on_log`` hook sees after every loss read-out (main process only)."""
+
+    step: int                           # iterations done
+    total_steps: int                    # iterations planned
+    loss_history: list[float]           # one mean loss per iteration so far
+    elapsed: float                      # seconds in this call
+    ema_model: Callable[[], nn.Module]  # call to get the current EMA network (copies weights)
+    final: bool = False                 # True on the last call
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module                    # the trained network (unwrapped, on its device)
+    ema_model: nn.Module                # its EMA twin: sample with this one
+    loss_history: list[float]           # one mean loss per iteration, all runs included
+    step: int                           # iterations done
+    stop_reason: str                    # "done", "time budget" or "already done"
+    checkpoint: Path                    # where the final state was written
+
+
+def checkpoint_path(checkpoint_dir: str | Path) -> Path:
+    return Path(checkpoint_dir) / CHECKPOINT_NAME
+
+
+def _as_tuple(v):
+    return tuple(v) if isinstance(v, list) else v
+
+
+def check_compatible(saved_config: dict, cfg, path: Path) -> None:
+    """Raise ``CheckpointError`` naming every architecture field where checkpoint and config differ."""
+    diffs = [f"{k}: checkpoint has {_as_tuple(saved_config.get(k))!r}, config has {v!r}"
+             for k, v in cfg.architecture().items() if _as_tuple(saved_config.get(k)) != v]
+    if diffs:
+        raise CheckpointError(
+            f"The checkpoint {path} was trained with another model or noise schedule:\n  - "
+            + "\n  - ".join(diffs)
+            + "\nUse the config it was trained with, or train a new model: set resume=False "
+              "(the old checkpoint is kept, renamed) or choose another checkpoint_dir.")
+
+
+def load_checkpoint(path: str | Path, cfg=None) -> dict:
+    """Read a checkpoint (``weights_only=True``); with ``cfg``, check it fits that config."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"No checkpoint at {path}. Train first (the training cell writes it).")
+    try:
+        ckpt = safe_load(path)
+    except Exception as err:
+        raise CheckpointError(f"{path} is not a readable checkpoint ({err}). Delete it and train again.") from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a checkpoint written by utils.training (format "
+                              f"{CHECKPOINT_FORMAT}). Point checkpoint_dir at this bundle's checkpoints.")
+    if cfg is not None:
+        check_compatible(ckpt["config"], cfg, path)
+    return ckpt
+
+
+def load_ema_model(model: nn.Module, cfg, path: str | Path | None = None) -> nn.Module:
+    """Put the EMA weights of a checkpoint (default: cfg's latest) into ``model`` and return it."""
+    ckpt = load_checkpoint(path or checkpoint_path(cfg.checkpoint_dir), cfg)
+    model.load_state_dict(ckpt["model"])
+    for p, s in zip(model.parameters(), ckpt["ema"]["shadow_params"]):
+        p.data.copy_(s)
+    return model.eval()
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(_as_nested_tuple(state["python"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_nested_tuple(v):
+    return tuple(_as_nested_tuple(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
+def train(model: nn.Module, loss_fn: Callable, loader, cfg, *, on_log: Callable[[Progress], None] | None = None,
+          accelerator=None, progress: bool = True) -> TrainResult:
+    """Train ``model`` to minimise ``loss_fn(model, batch)`` over ``loader``; return the result.
+
+    ``loader`` has ``len()`` (batches per epoch) and ``epoch(e, start)`` (batches of epoch e
+    from index ``start``), like ``utils.data.BatchLoader``. Reads from ``cfg``: num_epochs,
+    max_steps, learning_rate, lr_schedule, warmup_steps, weight_decay, grad_clip, ema_decay,
+    mixed_precision, log_every, checkpoint_every, time_budget_minutes, resume, checkpoint_dir.
+    With ``cfg.resume`` a run continues from ``checkpoint_dir/last.pt``: same step count,
+    loss history, optimizer, EMA and RNG state. ``on_log(Progress)`` runs on the main process
+    after every loss read-out.
+    """
+    from accelerate import Accelerator
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    if accelerator is None:
+        accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision))
+    main = accelerator.is_main_process
+    steps_per_epoch = len(loader)
+    total_steps = cfg.max_steps or cfg.num_epochs * steps_per_epoch
+    ckpt_file = checkpoint_path(cfg.checkpoint_dir)
+
+    model = model.to(accelerator.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    lr_scheduler = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps,
+                                 num_training_steps=total_steps)
+    ema = EMAModel(model.parameters(), decay=cfg.ema_decay, foreach=True)
+    history: list[float] = []
+    step = 0
+
+    if ckpt_file.exists() and cfg.resume:
+        ckpt = load_checkpoint(ckpt_file, cfg)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+        ema.load_state_dict(ckpt["ema"])
+        ema.decay = cfg.ema_decay  # the config may change the EMA decay between runs
+        ema.to(accelerator.device)
+        history = ckpt["loss_history"].tolist()
+        step = ckpt["step"]
+        _set_rng_state(ckpt["rng"])
+        if accelerator.scaler is not None and ckpt.get("scaler"):
+            accelerator.scaler.load_state_dict(ckpt["scaler"])
+        if main:
+            print(f"Resuming from {ckpt_file}: step {step} of {total_steps}, {len(history)} losses kept.")
+    elif ckpt_file.exists() and main:
+        kept = ckpt_file.with_name(f"replaced_{time.strftime('%Y%m%d-%H%M%S')}.pt")
+        ckpt_file.rename(kept)
+        print(f"resume=False: starting over; the previous checkpoint is kept as {kept}.")
+    accelerator.wait_for_everyone()
+
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw_model = accelerator.unwrap_model(model)
+    ema_twin = None
+
+    def ema_model() -> nn.Module:
+        nonlocal ema_twin
+        if ema_twin is None:
+            ema_twin = copy.deepcopy(raw_model).eval().requires_grad_(False)
+        ema.copy_to(ema_twin.parameters())
+        return ema_twin
+
+    def save():
+        accelerator.wait_for_everyone()
+        if main:
+            atomic_save({
+                "format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "step": step,
+                "model": raw_model.state_dict(), "ema": ema.state_dict(),
+                "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
+                "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+                "loss_history": torch.tensor(history, dtype=torch.float64), "rng": _rng_state(),
+            }, ckpt_file)
+
+    if step >= total_steps:
+        if main:
+            print(f"The checkpoint is already at step {step} of {total_steps}: nothing to train. "
+                  "Raise max_steps/num_epochs to train longer, or set resume=False to start over.")
+        return TrainResult(raw_model, ema_model(), history, step, "already done", ckpt_file)
+
+    pending: list[torch.Tensor] = []
+    start_time = time.monotonic()
+    budget = cfg.time_budget_minutes * 60 if cfg.time_budget_minutes else math.inf
+    stop_reason = "done"
+    bar = tqdm(total=total_steps, initial=step, desc="training", disable=not (main and progress),
+               unit="it", dynamic_ncols=True)
+
+    def read_losses(final=False):
+        """Move the pending losses to the host (one sync), check them, report progress."""
+        nonlocal pending
+        if not pending:
+            return
+        losses = accelerator.gather(torch.stack(pending).float()).view(accelerator.num_processes, -1).mean(0)
+        values = losses.tolist()
+        first = step - len(values) + 1
+        bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+        if bad is not None:
+            bar.close()
+            raise FloatingPointError(
+                f"The loss became {values[bad]} at step {first + bad}; training stopped. "
+                f"The last checkpoint ({ckpt_file}) is from before it and untouched. Lower learning_rate "
+                f"(now {cfg.learning_rate}) or grad_clip, or set mixed_precision='no', then run again.")
+        history.extend(values)
+        pending = []
+        bar.update(len(values))
+        bar.set_postfix(loss=f"{sum(values) / len(values):.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.1e}")
+        if on_log is not None and main:
+            on_log(Progress(step, total_steps, history, time.monotonic() - start_time, ema_model, final))
+
+    model.train()
+    while step < total_steps:
+        epoch, start = divmod(step, steps_per_epoch)
+        for batch in loader.epoch(epoch, start):
+            loss = loss_fn(model, batch)
+            accelerator.backward(loss)
+            if cfg.grad_clip:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            ema.step(raw_model.parameters())
+            pending.append(loss.detach())
+            step += 1
+            out_of_time = time.monotonic() - start_time > budget
+            if step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == total_steps or out_of_time:
+                read_losses(final=step == total_steps or out_of_time)
+            if step % cfg.checkpoint_every == 0 or step == total_steps or out_of_time:
+                save()
+            if step == total_steps or out_of_time:
+                break
+        if out_of_time:
+            stop_reason = "time budget"
+            if main:
+                print(f"Time budget of {cfg.time_budget_minutes} min reached at step {step} of {total_steps}; "
+                      "checkpoint saved. Run this cell again to continue.")
+            break
+    bar.close()
+    return TrainResult(raw_model, ema_model(), history, step, stop_reason, ckpt_file)
