@@ -182,7 +182,51 @@ class MNISTConfig(DDPMConfig):
     }
 
 
-CONFIGS: dict[str, type[DDPMConfig]] = {"mnist": MNISTConfig}
+@dataclass
+class AnimeConfig(DDPMConfig):
+    """Notebook 02: unconditional DDPM on Anime Faces, 3×64×64 color."""
+
+    name: str = "anime"
+    image_size: int = 64
+    channels: int = 3
+    hflip: bool = True                     # faces are roughly symmetric: flips double the data
+    block_out_channels: tuple[int, ...] = (64, 128, 256, 256)
+    attention_levels: tuple[bool, ...] = (False, False, True, True)
+    batch_size: int = 64
+    num_epochs: int = 30
+
+    PRESETS: ClassVar[dict[str, dict]] = {
+        "smoke": dict(block_out_channels=(8, 16), attention_levels=(False, True), layers_per_block=1,
+                      norm_num_groups=4, num_train_timesteps=50, batch_size=8, max_steps=6,
+                      warmup_steps=2, log_every=2, checkpoint_every=4, preview_every=3,
+                      preview_steps=5, num_inference_steps=50, gif_frames=6),
+    }
+
+
+@dataclass
+class ICLEVRConfig(DDPMConfig):
+    """Notebook 03: DDPM on iCLEVR, 3×64×64, conditioned on 24 multi-hot object labels, with CFG."""
+
+    name: str = "iclevr"
+    image_size: int = 64
+    channels: int = 3
+    num_labels: int = 24
+    block_out_channels: tuple[int, ...] = (64, 128, 256, 256)
+    attention_levels: tuple[bool, ...] = (False, False, True, True)
+    batch_size: int = 64
+    num_epochs: int = 100
+    cond_drop_prob: float = 0.1            # P(label replaced by ∅) in training, for guidance
+    guidance_scale: float = 2.0            # w: 0 = unconditional, 1 = conditional, > 1 = guided
+
+    PRESETS: ClassVar[dict[str, dict]] = {
+        "smoke": dict(block_out_channels=(8, 16), attention_levels=(False, True), layers_per_block=1,
+                      norm_num_groups=4, num_train_timesteps=50, batch_size=8, max_steps=6,
+                      warmup_steps=2, log_every=2, checkpoint_every=4, preview_every=3,
+                      preview_steps=5, num_inference_steps=50, gif_frames=6),
+    }
+
+
+CONFIGS: dict[str, type[DDPMConfig]] = {"mnist": MNISTConfig, "anime": AnimeConfig, "iclevr": ICLEVRConfig}
 
 
 def make_config(name: str, preset: str | None = None, **overrides) -> DDPMConfig:
