@@ -62,6 +62,24 @@ def resolve_mixed_precision(setting: str, device: torch.device | None = None) ->
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
+def describe_runtime() -> str:
+    """Device, memory and library versions, and what to do when no GPU is attached."""
+    import diffusers
+
+    import utils
+
+    device = pick_device()
+    lines = [f"utils {utils.__version__} · torch {torch.__version__} · diffusers {diffusers.__version__}"]
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        lines.append(f"GPU: {props.name}, {props.total_memory / 2**30:.1f} GB")
+    elif device.type == "mps":
+        lines.append("GPU: Apple MPS")
+    else:
+        lines.append("No GPU: training runs on the CPU, slowly. In Colab: Runtime → Change runtime type → T4 GPU.")
+    return "\n".join(lines)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices) so a run can be repeated."""
     random.seed(seed)
