@@ -191,7 +191,8 @@ def guided_noise(model, xt: torch.Tensor, t: torch.Tensor, labels: torch.Tensor 
 @dataclass
 class SampleResult:
     """``images``: (B, C, H, W) in [-1, 1] on the CPU. ``frames``: snapshots of x_t from noise
-    to image (the first is pure noise, the last equals ``images``); ``frame_timesteps``: their t."""
+    to image (the first is x_T, the last equals ``images``); ``frame_timesteps``: the t each
+    snapshot was taken after (T for x_T, 0 for the final image)."""
 
     images: torch.Tensor
     frames: list[torch.Tensor]
@@ -242,6 +243,9 @@ def sample(model, schedule: NoiseSchedule, num_images: int, image_shape: tuple[i
         if i in keep:
             frames.append(x.clone())
             frame_t.append(t)
+    x = x.clamp(-1, 1)  # the finished images live in [-1, 1]; fast samplers can overshoot slightly
+    if num_frames:
+        frames[-1] = x
     return SampleResult(x.float().cpu(), [f.float().cpu() for f in frames], frame_t)
 
 

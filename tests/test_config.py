@@ -1,0 +1,80 @@
+"""Configs: full-run defaults, presets that change only a few fields, clear errors."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from utils import config
+
+
+def test_smoke_switch_selects_the_smoke_preset(monkeypatch, tmp_path):
+    monkeypatch.setenv("DDPM_SMOKE", "1")
+    assert config.make_config("mnist", workdir=str(tmp_path)).max_steps == config.MNISTConfig.PRESETS["smoke"]["max_steps"]
+    monkeypatch.setenv("DDPM_SMOKE", "0")
+    assert config.make_config("mnist", workdir=str(tmp_path)).max_steps is None
+
+
+def test_preset_changes_only_its_own_fields(tmp_path):
+    full = config.make_config("mnist", "full", workdir=str(tmp_path))
+    cpu = config.make_config("mnist", "cpu", workdir=str(tmp_path))
+    changed = {f.name for f in dataclasses.fields(full) if getattr(full, f.name) != getattr(cpu, f.name)}
+    assert changed == set(config.MNISTConfig.PRESETS["cpu"])
+
+
+def test_overrides_win_and_none_keeps_the_preset(tmp_path):
+    cfg = config.make_config("mnist", "cpu", workdir=str(tmp_path), batch_size=32, num_epochs=None)
+    assert cfg.batch_size == 32 and cfg.num_epochs == config.MNISTConfig.num_epochs
+
+
+def test_unknown_field_preset_and_config_are_named(tmp_path):
+    with pytest.raises(ValueError, match="no field"):
+        config.make_config("mnist", "full", workdir=str(tmp_path), epochs=3)
+    with pytest.raises(ValueError, match="Unknown preset 'gpu'"):
+        config.make_config("mnist", "gpu")
+    with pytest.raises(ValueError, match="Unknown config"):
+        config.make_config("cifar")
+
+
+def test_inconsistent_model_settings_are_explained(tmp_path):
+    with pytest.raises(ValueError, match="must divide"):
+        config.make_config("mnist", "full", workdir=str(tmp_path), norm_num_groups=24)
+    with pytest.raises(ValueError, match="one True/False per resolution level"):
+        config.make_config("mnist", "full", workdir=str(tmp_path), attention_levels=(False, True))
+
+
+def test_paths_live_under_the_work_dir_and_are_created(tmp_path):
+    cfg = config.make_config("mnist", "smoke", workdir=str(tmp_path))
+    paths = cfg.paths()
+    assert paths["output_dir"] == tmp_path / "outputs" / "mnist" and paths["output_dir"].is_dir()
+    assert paths["checkpoint_dir"] == tmp_path / "checkpoints" / "mnist"
+
+
+@pytest.mark.parametrize("name", sorted(config.CONFIGS))
+def test_every_config_builds_in_full_and_smoke(name, tmp_path):
+    for preset in ("full", "smoke"):
+        cfg = config.make_config(name, preset, workdir=str(tmp_path))
+        assert cfg.name == name
+
+
+def test_device_choice_prefers_cuda_then_mps(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert config.pick_device().type == "mps"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert config.pick_device().type == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert config.pick_device().type == "cpu"
+
+
+def test_mixed_precision_auto_is_off_on_cpu():
+    assert config.resolve_mixed_precision("auto", torch.device("cpu")) == "no"
+    assert config.resolve_mixed_precision("fp16", torch.device("cpu")) == "fp16"
+
+
+def test_seeding_repeats_random_draws():
+    config.seed_everything(5)
+    a = torch.randn(3)
+    config.seed_everything(5)
+    assert torch.equal(a, torch.randn(3))

@@ -1,0 +1,173 @@
+"""MNIST loads from every real on-disk layout, caches once, and fails with actionable messages."""
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from utils import data
+
+
+@pytest.mark.parametrize("layout", ["course", "teavanist", "folder"])
+def test_jpg_layouts_load_as_gray_uint8(tmp_path, layout):
+    data.write_mnist_fixture(tmp_path / "data", layout, n_per_digit=3)
+    ds = data.load_mnist(tmp_path / "data", tmp_path / "cache", download=False)
+    assert ds.images.shape == (30, 1, 28, 28) and ds.images.dtype == torch.uint8
+    assert sorted(ds.labels.tolist()) == sorted(list(range(10)) * 3)
+    assert ds.images.float().mean() > 10  # real digits, not blank images
+
+
+def test_jpg_digits_match_the_original_pixels(tmp_path):
+    data.write_mnist_fixture(tmp_path / "data", "course", n_per_digit=2)
+    ds = data.load_mnist(tmp_path / "data", tmp_path / "cache", download=False)
+    original = data.offline_sample()
+    first_zero = original.images[original.labels == 0][0].float()
+    # JPG is lossy: the decoded digit is close to, not equal to, the original
+    assert (ds.images[0].float() - first_zero).abs().mean() < 4
+
+
+def test_decoding_is_cached(tmp_path, monkeypatch):
+    data.write_mnist_fixture(tmp_path / "data", "course", n_per_digit=2)
+    first = data.load_mnist(tmp_path / "data", tmp_path / "cache", download=False)
+    assert len(list((tmp_path / "cache").glob("mnist_*.pt"))) == 1
+    monkeypatch.setattr("utils.data.mnist.decode_images", lambda *a, **k: pytest.fail("decoded twice"))
+    second = data.load_mnist(tmp_path / "data", tmp_path / "cache", download=False)
+    assert torch.equal(first.images, second.images)
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def local_mirror(tmp_path):
+    """The four gzipped IDX files served over HTTP on localhost, like the real MNIST mirrors."""
+    import functools
+    import http.server
+    import threading
+
+    folder = data.write_mnist_fixture(tmp_path / "mirror", "idx_gz", n_per_digit=2)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield folder, f"http://127.0.0.1:{server.server_port}/"
+    server.shutdown()
+
+
+def test_torchvision_download_path_works_against_a_local_mirror(tmp_path, monkeypatch, local_mirror):
+    from torchvision.datasets import MNIST
+
+    folder, url = local_mirror
+    monkeypatch.setattr(MNIST, "mirrors", [url])
+    monkeypatch.setattr(MNIST, "resources", [(name, _md5(folder / name)) for name, _ in MNIST.resources])
+    ds = data.load_mnist(tmp_path / "data", tmp_path / "cache", download=True)
+    assert ds.images.shape == (20, 1, 28, 28) and "torchvision" in ds.source
+    assert data.find_mnist(tmp_path / "data")[0] == "torchvision"
+
+
+def test_failed_download_says_where_to_get_mnist(tmp_path, monkeypatch):
+    from torchvision.datasets import MNIST
+
+    monkeypatch.setattr(MNIST, "mirrors", [(tmp_path / "nowhere").as_uri() + "/"])
+    with pytest.raises(data.DatasetError, match="data_links.md"):
+        data.load_mnist(tmp_path / "data", tmp_path / "cache", download=True)
+
+
+def test_failed_download_can_fall_back_to_the_offline_sample(tmp_path, monkeypatch):
+    from torchvision.datasets import MNIST
+
+    monkeypatch.setattr(MNIST, "mirrors", [(tmp_path / "nowhere").as_uri() + "/"])
+    with pytest.warns(UserWarning, match="5,000"):
+        ds = data.load_mnist(tmp_path / "data", tmp_path / "cache", download=True, allow_offline_sample=True)
+    assert len(ds) == 5000
+
+
+def test_missing_dataset_names_the_layouts_it_looked_for(tmp_path):
+    with pytest.raises(data.DatasetError) as err:
+        data.load_mnist(tmp_path / "empty", tmp_path / "cache", download=False)
+    assert "mnist_dataset/data" in str(err.value) and "data_links.md" in str(err.value)
+
+
+def test_digit_folders_with_missing_digits_are_named(tmp_path):
+    root = data.write_mnist_fixture(tmp_path / "data", "course", n_per_digit=1)
+    for d in ("3", "7"):
+        for f in (root / d).iterdir():
+            f.unlink()
+        (root / d).rmdir()
+    with pytest.raises(data.DatasetError, match="missing: 3, 7"):
+        data.load_mnist(tmp_path / "data", tmp_path / "cache", download=False)
+
+
+def test_empty_digit_folders_are_reported(tmp_path):
+    for d in range(10):
+        (tmp_path / "data" / "mnist_dataset" / "data" / str(d)).mkdir(parents=True)
+    with pytest.raises(data.DatasetError, match="contain no"):
+        data.load_mnist(tmp_path / "data", tmp_path / "cache", download=False)
+
+
+def test_unreadable_image_is_reported_by_name(tmp_path):
+    root = data.write_mnist_fixture(tmp_path / "data", "course", n_per_digit=2)
+    (root / "4" / "1.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(data.DatasetError, match=r"4/1\.jpg"):
+        data.load_mnist(tmp_path / "data", tmp_path / "cache", download=False)
+
+
+def test_images_of_other_sizes_are_resized(tmp_path):
+    root = data.write_mnist_fixture(tmp_path / "data", "folder", n_per_digit=1)
+    Image.new("RGB", (56, 40), "white").save(root / "5" / "big.jpg")
+    ds = data.load_mnist(tmp_path / "data", tmp_path / "cache", download=False)
+    assert ds.images.shape == (11, 1, 28, 28)
+
+
+def test_value_range_helpers_round_trip():
+    x = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
+    model_space = data.to_model(x)
+    assert model_space.min() == -1 and model_space.max() == 1
+    torch.testing.assert_close(data.to_unit(model_space), x.float() / 255)
+    torch.testing.assert_close(data.to_model(data.to_unit(model_space)), model_space)
+
+
+def _imageset(n=40):
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous()
+    return data.ImageSet(images, torch.arange(n), "fake")
+
+
+def test_batch_loader_visits_each_image_once_per_epoch():
+    loader = data.BatchLoader(_imageset(40), 8, seed=1)
+    seen = torch.cat([b["labels"] for b in loader.epoch(0)])
+    assert len(loader) == 5 and sorted(seen.tolist()) == list(range(40))
+    first = [b["x0"].min().item() for b in loader.epoch(0)]
+    assert all(-1 <= v <= 1 for v in first)
+
+
+def test_batch_loader_resumes_mid_epoch_with_the_same_batches():
+    loader = data.BatchLoader(_imageset(40), 8, seed=1, hflip=True)
+    full = [b["labels"] for b in loader.epoch(3)]
+    resumed = [b["labels"] for b in loader.epoch(3, start=2)]
+    assert all(torch.equal(a, b) for a, b in zip(full[2:], resumed))
+    assert not torch.equal(full[0], [b["labels"] for b in loader.epoch(4)][0])  # a new order each epoch
+
+
+def test_batch_loader_shards_across_processes_without_overlap():
+    ranks = [data.BatchLoader(_imageset(40), 4, seed=0, rank=r, world_size=2) for r in (0, 1)]
+    seen = [torch.cat([b["labels"] for b in loader.epoch(0)]) for loader in ranks]
+    assert not set(seen[0].tolist()) & set(seen[1].tolist())
+    assert len(seen[0]) + len(seen[1]) == 40
+
+
+def test_batch_loader_flips_about_half_the_images():
+    n = 400
+    images = torch.zeros(n, 1, 1, 2, dtype=torch.uint8)
+    images[..., 1] = 255  # left pixel black, right pixel white; a flip swaps them
+    loader = data.BatchLoader(data.ImageSet(images, None, "fake"), 100, hflip=True)
+    x0 = torch.cat([b["x0"] for b in loader.epoch(0)])
+    flipped = (x0[:, 0, 0, 0] > 0).float().mean().item()
+    assert 0.35 < flipped < 0.65
+
+
+def test_too_small_dataset_for_one_batch_is_an_error():
+    with pytest.raises(data.DatasetError, match="batch_size"):
+        data.BatchLoader(_imageset(5), 8)

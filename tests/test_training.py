@@ -1,0 +1,118 @@
+"""The one training loop: history, checkpoints, resume, guards."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from utils import data, diffusion, models, training
+
+
+def _loader(cfg, n=64):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 1, 28, 28), generator=g, dtype=torch.uint8)
+    return data.BatchLoader(data.ImageSet(images, None, "random"), cfg.batch_size, seed=cfg.seed)
+
+
+def _train(cfg, model=None, **kwargs):
+    torch.manual_seed(cfg.seed)
+    model = model or models.build_model(cfg)
+    loss_fn = diffusion.make_loss_fn(diffusion.schedule_from_config(cfg))
+    return training.train(model, loss_fn, _loader(cfg), cfg, progress=False, **kwargs)
+
+
+def test_history_has_one_finite_loss_per_iteration(tiny_cfg):
+    result = _train(tiny_cfg)
+    assert result.step == tiny_cfg.max_steps == len(result.loss_history)
+    assert all(torch.isfinite(torch.tensor(result.loss_history)))
+
+
+def test_checkpoint_loads_with_weights_only_and_holds_the_state(tiny_cfg):
+    result = _train(tiny_cfg)
+    ckpt = torch.load(result.checkpoint, weights_only=True)
+    assert ckpt["step"] == tiny_cfg.max_steps
+    assert ckpt["config"]["block_out_channels"] == tiny_cfg.block_out_channels
+    assert ckpt["loss_history"].tolist() == result.loss_history
+    for key in ("model", "ema", "optimizer", "lr_scheduler", "rng"):
+        assert key in ckpt
+    assert not list(result.checkpoint.parent.glob("*.tmp"))  # written atomically
+
+
+def test_load_ema_model_returns_the_ema_weights(tiny_cfg):
+    result = _train(tiny_cfg)
+    fresh = training.load_ema_model(models.build_model(tiny_cfg), tiny_cfg)
+    for a, b in zip(fresh.parameters(), result.ema_model.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_interrupted_run_resumes_to_the_same_weights_and_history(tmp_path, tiny_cfg):
+    straight = dataclasses.replace(tiny_cfg, max_steps=8, checkpoint_dir=str(tmp_path / "straight"))
+    reference = _train(straight)
+
+    split = dataclasses.replace(straight, checkpoint_dir=str(tmp_path / "split"))
+    first = _train(dataclasses.replace(split, max_steps=None, time_budget_minutes=1e-9))  # stops after 1 step
+    assert first.stop_reason == "time budget" and first.step == 1
+    torch.manual_seed(123)  # a different global RNG state: the resume must restore the saved one
+    resumed = _train(split, model=models.build_model(split))
+    assert resumed.step == 8 and len(resumed.loss_history) == 8
+    torch.testing.assert_close(torch.tensor(resumed.loss_history), torch.tensor(reference.loss_history))
+    for a, b in zip(resumed.model.parameters(), reference.model.parameters()):
+        torch.testing.assert_close(a, b)
+    for a, b in zip(resumed.ema_model.parameters(), reference.ema_model.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_rerunning_a_finished_run_trains_nothing(tiny_cfg):
+    first = _train(tiny_cfg)
+    again = _train(tiny_cfg)
+    assert again.stop_reason == "already done" and again.loss_history == first.loss_history
+
+
+def test_resume_false_starts_over_and_keeps_the_old_checkpoint(tiny_cfg):
+    _train(tiny_cfg)
+    result = _train(dataclasses.replace(tiny_cfg, resume=False))
+    assert result.step == tiny_cfg.max_steps and len(result.loss_history) == tiny_cfg.max_steps
+    assert len(list(result.checkpoint.parent.glob("replaced_*.pt"))) == 1
+
+
+def test_checkpoint_from_another_architecture_is_refused_with_the_difference(tiny_cfg):
+    _train(tiny_cfg)
+    other = dataclasses.replace(tiny_cfg, block_out_channels=(16, 32), max_steps=10)
+    with pytest.raises(training.CheckpointError, match=r"block_out_channels: checkpoint has \(8, 16\)"):
+        _train(other)
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused(tiny_cfg):
+    path = training.checkpoint_path(tiny_cfg.checkpoint_dir)
+    path.parent.mkdir(parents=True)
+    torch.save({"weights": torch.zeros(1)}, path)
+    with pytest.raises(training.CheckpointError, match="not a checkpoint"):
+        _train(tiny_cfg)
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_cfg):
+    calls = {"n": 0}
+    schedule = diffusion.schedule_from_config(tiny_cfg)
+
+    def exploding_loss(model, batch):
+        calls["n"] += 1
+        loss = diffusion.diffusion_loss(model, batch["x0"], schedule)
+        return loss * float("nan") if calls["n"] > 4 else loss
+
+    with pytest.raises(FloatingPointError, match="step 5"):
+        training.train(models.build_model(tiny_cfg), exploding_loss, _loader(tiny_cfg), tiny_cfg, progress=False)
+    ckpt = torch.load(training.checkpoint_path(tiny_cfg.checkpoint_dir), weights_only=True)
+    assert ckpt["step"] == 4 and torch.isfinite(ckpt["loss_history"]).all()
+
+
+def test_on_log_sees_growing_history_and_a_final_call(tiny_cfg):
+    seen = []
+    _train(tiny_cfg, on_log=lambda p: seen.append((p.step, len(p.loss_history), p.final)))
+    assert [s for s, _, _ in seen] == [2, 4, 6]
+    assert all(step == n for step, n, _ in seen) and seen[-1][2]
+
+
+def test_ema_lags_behind_the_raw_weights(tiny_cfg):
+    result = _train(tiny_cfg)
+    diffs = [(a - b).abs().max() for a, b in zip(result.model.parameters(), result.ema_model.parameters())]
+    assert max(diffs) > 0
