@@ -1,0 +1,160 @@
+"""Course-protocol accuracy: the official checkpoint format, the formula, the guidance sweep."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torchvision.models import resnet18
+
+from utils import config, diffusion, evaluate, models, viz
+from utils.data import iclevr
+
+LABELS = iclevr.BUNDLED_LABELS
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return evaluate.write_evaluator_fixture(tmp_path_factory.mktemp("evaluator") / "checkpoint.pth")
+
+
+@pytest.fixture(scope="module")
+def evaluator(checkpoint):
+    return evaluate.load_evaluator(checkpoint, "cpu")
+
+
+def real_labels(name):
+    objects = iclevr.load_objects(LABELS / "objects.json")
+    return iclevr.encode_labels(iclevr.load_label_lists(LABELS / name), objects)
+
+
+def random_images(n, seed=0):
+    return torch.rand(n, 3, 64, 64, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def course_network(checkpoint):
+    """The course's evaluator network, built as its evaluator.py builds it."""
+    net = resnet18(weights=None)
+    net.fc = nn.Sequential(nn.Linear(512, 24), nn.Sigmoid())
+    net.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
+    return net.eval()
+
+
+def numpy_accuracy(scores, labels):
+    """Σ_i |top-k_i(scores_i) ∩ true_i| / Σ_i k_i, in numpy."""
+    hits = total = 0
+    for s, y in zip(scores, labels):
+        k = int(y.sum())
+        hits += int(y[np.argsort(-s, kind="stable")[:k]].sum())
+        total += k
+    return hits / total
+
+
+def test_fixture_is_in_the_official_format(checkpoint):
+    ckpt = torch.load(checkpoint, weights_only=True)
+    assert list(ckpt) == ["model"]
+    assert ckpt["model"]["fc.0.weight"].shape == (24, 512)
+
+
+def test_accuracy_equals_an_independent_computation(checkpoint, evaluator):
+    labels, images = real_labels("test.json"), random_images(32)
+    with torch.no_grad():
+        scores = course_network(checkpoint)(images).numpy()
+    assert evaluate.accuracy(evaluator, images, labels).value == numpy_accuracy(scores, labels.numpy())
+
+
+def test_count_hits_matches_the_course_compute_acc_loop():
+    scores, labels = torch.rand(40, 24, generator=torch.Generator().manual_seed(1)), torch.zeros(40, 24)
+    for i in range(40):
+        labels[i, torch.randperm(24)[:1 + i % 3]] = 1
+    acc = total = 0
+    for i in range(40):  # the course's evaluator.compute_acc, verbatim
+        k = int(labels[i].sum().item())
+        total += k
+        outv, outi = scores[i].topk(k)
+        lv, li = labels[i].topk(k)
+        for j in outi:
+            if j in li:
+                acc += 1
+    result = evaluate.count_hits(scores, labels)
+    assert (result.hits, result.total) == (acc, total)
+
+
+@pytest.mark.parametrize("name, total", [("test.json", 72), ("new_test.json", 84)])
+def test_full_set_accuracy_is_a_multiple_of_one_over_the_label_count(evaluator, name, total):
+    result = evaluate.accuracy(evaluator, random_images(32, seed=total), real_labels(name))
+    assert result.total == total
+    assert result.value * total == pytest.approx(round(result.value * total), abs=1e-9)
+
+
+def test_batching_does_not_change_the_accuracy(evaluator):
+    labels, images = real_labels("new_test.json"), random_images(32, seed=3)
+    assert evaluate.accuracy(evaluator, images, labels, batch_size=5) == evaluate.accuracy(evaluator, images, labels)
+
+
+def test_images_outside_model_space_are_rejected(evaluator):
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        evaluate.accuracy(evaluator, random_images(2) * 255, real_labels("test.json")[:2])
+
+
+def test_as_saved_equals_a_png_round_trip(tmp_path):
+    image = random_images(1, seed=5)
+    viz.grid_image(image, nrow=1, padding=0).save(tmp_path / "0.png")
+    with Image.open(tmp_path / "0.png") as im:
+        png = torch.from_numpy(np.array(im)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    assert torch.equal(evaluate.as_saved(image), png)
+
+
+def test_missing_checkpoint_says_where_to_get_it(tmp_path):
+    with pytest.raises(evaluate.EvaluatorError, match="data_links.md"):
+        evaluate.load_evaluator(tmp_path / "checkpoint.pth")
+
+
+def test_checkpoint_without_model_entry_is_rejected(tmp_path):
+    torch.save({"state_dict": {}}, tmp_path / "checkpoint.pth")
+    with pytest.raises(evaluate.EvaluatorError, match="'model' entry"):
+        evaluate.load_evaluator(tmp_path / "checkpoint.pth")
+
+
+def test_checkpoint_is_loaded_with_weights_only(tmp_path):
+    torch.save({"model": {}, "extra": Image.new("RGB", (1, 1))}, tmp_path / "checkpoint.pth")  # needs pickle
+    with pytest.raises(evaluate.EvaluatorError, match="not a readable checkpoint"):
+        evaluate.load_evaluator(tmp_path / "checkpoint.pth")
+
+
+def test_find_evaluator_looks_in_data_dir(tmp_path, checkpoint):
+    assert evaluate.find_evaluator("", tmp_path) is None
+    (tmp_path / "file").mkdir()
+    (tmp_path / "file" / "checkpoint.pth").write_bytes(checkpoint.read_bytes())
+    assert evaluate.find_evaluator("", tmp_path) == tmp_path / "file" / "checkpoint.pth"
+
+
+def test_find_evaluator_rejects_a_wrong_explicit_path(tmp_path):
+    with pytest.raises(evaluate.EvaluatorError, match="does not exist"):
+        evaluate.find_evaluator(tmp_path / "nope.pth", tmp_path)
+
+
+def test_save_accuracy_writes_hits_and_labels(tmp_path):
+    path = evaluate.save_accuracy({"test": evaluate.Accuracy(54, 72)}, tmp_path / "accuracy.json", guidance_scale=2.0)
+    assert json.loads(path.read_text()) == {"test": {"accuracy": 0.75, "hits": 54, "labels": 72},
+                                            "settings": {"guidance_scale": 2.0}}
+
+
+def test_guidance_sweep_gives_one_row_per_scale(tmp_path, evaluator):
+    cfg = config.make_config("iclevr", "smoke", image_size=16, workdir=str(tmp_path))
+    torch.manual_seed(0)
+    model = models.build_model(cfg)
+    labels = real_labels("test.json")[:4]
+    rows = evaluate.guidance_sweep(model, diffusion.schedule_from_config(cfg), evaluator, {"test": labels},
+                                   [0.0, 2.0], image_shape=(3, 16, 16), num_inference_steps=2, progress=False)
+    assert [r["guidance_scale"] for r in rows] == [0.0, 2.0]
+    assert all(0 <= r["test"] <= 1 for r in rows)
+
+
+def test_save_sweep_writes_the_csv(tmp_path):
+    rows = [{"guidance_scale": 0.0, "test": 0.25}, {"guidance_scale": 2.0, "test": 0.5}]
+    evaluate.save_sweep(rows, tmp_path / "sweep.csv", tmp_path / "sweep.png")
+    assert (tmp_path / "sweep.csv").read_text().splitlines() == ["guidance_scale,test", "0.0,0.25", "2.0,0.5"]
+    assert (tmp_path / "sweep.png").stat().st_size > 0

@@ -1,0 +1,202 @@
+"""iCLEVR in the layouts students have (see data_links.md, section iCLEVR), its multi-hot labels,
+and a smoke fixture in the real layout.
+
+The course ships ``iclevr/CLEVR_train_{scene:06d}_{k}.png`` (320×240 RGBA) and four label files:
+``train.json`` (file name → object names), ``objects.json`` (24 names → index 0…23),
+``test.json`` and ``new_test.json`` (32 lists of object names each). A label is a multi-hot
+vector y ∈ {0, 1}^24 with y[objects[name]] = 1 for every object in the image.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+from .common import DatasetError, ImageSet, cache_path, decode_images, load_or_build_cache
+
+LABEL_FILES = ("objects.json", "test.json", "new_test.json")
+BUNDLED_LABELS = Path(__file__).resolve().parent / "iclevr_labels"   # the course's real label files
+HELP = "Get iCLEVR as data_links.md (section iCLEVR) describes, or set data_dir to the folder that holds it."
+
+# Colors of the CLEVR renderer (RGB), used by the fixture and the learnability benchmark.
+COLORS = {
+    "gray": (87, 87, 87), "red": (173, 35, 35), "blue": (42, 75, 215), "green": (29, 105, 20),
+    "brown": (129, 74, 25), "purple": (129, 38, 192), "cyan": (41, 208, 208), "yellow": (255, 238, 51),
+}
+SHAPES = ("cube", "sphere", "cylinder")
+
+
+# ----------------------------------------------------------------------------- labels
+def load_objects(path: str | Path) -> dict[str, int]:
+    """``objects.json``: the 24 object names → their index in the multi-hot vector."""
+    objects = json.loads(Path(path).read_text())
+    if not isinstance(objects, dict) or sorted(objects.values()) != list(range(len(objects))):
+        raise DatasetError(f"{path} should map each object name to an index 0…K−1, like the course's "
+                           f"objects.json. {HELP}")
+    return objects
+
+
+def load_label_lists(path: str | Path) -> list[list[str]]:
+    """``test.json`` / ``new_test.json``: a list of object-name lists, one per image to generate."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"No label file at {path}. {HELP}")
+    lists = json.loads(path.read_text())
+    if not isinstance(lists, list) or not all(isinstance(names, list) for names in lists):
+        raise DatasetError(f"{path} should hold a list of lists of object names, like "
+                           f'[["gray cube"], ["red cube", "blue sphere"]]. {HELP}')
+    return lists
+
+
+def encode_labels(label_lists: list[list[str]], objects: dict[str, int]) -> torch.Tensor:
+    """Object-name lists → multi-hot float tensor (N, K) with K = len(objects), entries 0 or 1.
+
+    An unknown name or a name listed twice in one image is an error that names it.
+    """
+    out = torch.zeros(len(label_lists), len(objects))
+    for i, names in enumerate(label_lists):
+        for name in names:
+            if name not in objects:
+                raise ValueError(f"Unknown object {name!r} in label list #{i} {names}. "
+                                 f"Valid names ({len(objects)}): {', '.join(objects)}.")
+            if out[i, objects[name]]:
+                raise ValueError(f"Object {name!r} appears twice in label list #{i} {names}; "
+                                 "a multi-hot label holds each object at most once.")
+            out[i, objects[name]] = 1.0
+    return out
+
+
+def decode_labels(multi_hot: torch.Tensor, objects: dict[str, int]) -> list[list[str]]:
+    """Multi-hot (N, K) or (K,) with entries 0/1 → object-name lists, in index order."""
+    names = sorted(objects, key=objects.get)
+    rows = multi_hot.reshape(-1, len(names)) if multi_hot.ndim == 1 else multi_hot
+    if rows.shape[-1] != len(names):
+        raise ValueError(f"Labels have {rows.shape[-1]} entries per image; objects.json has {len(names)} names.")
+    return [[names[j] for j in torch.nonzero(row > 0.5).flatten().tolist()] for row in rows]
+
+
+# ----------------------------------------------------------------------------- layout
+@dataclass
+class ICLEVRFiles:
+    """Where one copy of iCLEVR keeps its parts."""
+
+    label_dir: Path       # holds train.json, objects.json, test.json, new_test.json
+    image_dir: Path       # holds CLEVR_train_*.png
+
+    def label_file(self, name: str) -> Path:
+        """``label_dir / name``, or an error naming the missing file."""
+        path = self.label_dir / name
+        if not path.exists():
+            raise DatasetError(f"{name} is missing from {self.label_dir} (next to train.json). "
+                               f"Copy it from the course's lab files. {HELP}")
+        return path
+
+
+def _label_dir_candidates(data_dir: Path) -> list[Path]:
+    return [data_dir, data_dir / "iclevr", data_dir / "file", data_dir / "iclevr" / "file"]
+
+
+def find_iclevr(data_dir: str | Path) -> ICLEVRFiles:
+    """Find train.json (in ``data_dir``, ``data_dir/iclevr`` or ``data_dir/file``) and the folder
+    holding the images it lists (``iclevr/`` next to it, or the same folder)."""
+    data_dir = Path(data_dir)
+    label_dir = next((d for d in _label_dir_candidates(data_dir) if (d / "train.json").is_file()), None)
+    if label_dir is None:
+        looked = ", ".join(str(d / "train.json") for d in _label_dir_candidates(data_dir))
+        raise DatasetError(f"No iCLEVR train.json found. Looked for: {looked}. {HELP}")
+    first = next(iter(json.loads((label_dir / "train.json").read_text())), None)
+    if first is None:
+        raise DatasetError(f"{label_dir / 'train.json'} lists no images. {HELP}")
+    image_dirs = list(dict.fromkeys([label_dir / "iclevr", data_dir / "iclevr", data_dir / "iclevr" / "iclevr",
+                                     label_dir]))
+    image_dir = next((d for d in image_dirs if (d / first).is_file()), None)
+    if image_dir is None:
+        raise DatasetError(f"train.json lists {first}, but no folder holds it. Looked in: "
+                           f"{', '.join(map(str, image_dirs))}. Unzip iclevr.zip next to train.json. {HELP}")
+    return ICLEVRFiles(label_dir, image_dir)
+
+
+def load_iclevr(data_dir: str | Path, cache_dir: str | Path, *, image_size: int = 64) -> ImageSet:
+    """iCLEVR training images as uint8 (N, 3, size, size) with multi-hot float labels (N, 24).
+
+    The 320×240 RGBA PNGs are converted to RGB and resized to size × size (squashed, like the
+    course's ``Resize((64, 64))``), decoded once and cached in ``cache_dir``.
+    """
+    files = find_iclevr(data_dir)
+    train = json.loads(files.label_file("train.json").read_text())
+    objects = load_objects(files.label_file("objects.json"))
+    paths = [files.image_dir / name for name in train]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise DatasetError(f"{len(missing)} of {len(paths)} images listed in train.json are not in "
+                           f"{files.image_dir}, for example: {', '.join(missing[:5])}. "
+                           f"The unzip may be incomplete: unzip iclevr.zip again. {HELP}")
+    labels = encode_labels(list(train.values()), objects)       # (N, 24)
+
+    def build():
+        return {"images": decode_images(paths, image_size, "RGB", what="iCLEVR images")}
+
+    cached = load_or_build_cache(cache_path(cache_dir, "iclevr", paths, image_size), build)
+    return ImageSet(cached["images"], labels, f"iCLEVR in {files.image_dir}")
+
+
+# ----------------------------------------------------------------------------- drawing
+def object_names() -> list[str]:
+    """The 24 names in the course's objects.json order (shape-major: 8 cubes, 8 spheres, 8 cylinders)."""
+    return [f"{color} {shape}" for shape in SHAPES for color in COLORS]
+
+
+def draw_scene(names: list[str], rng: random.Random, *, width: int = 320, height: int = 240,
+               background: tuple[int, int, int] = (128, 128, 128)) -> Image.Image:
+    """An RGBA picture of colored flat shapes, one per name ("red cube" → red square; spheres are
+    discs, cylinders tall rounded bars), at random non-overlapping places."""
+    image = Image.new("RGBA", (width, height), (*background, 255))
+    draw = ImageDraw.Draw(image)
+    size = min(width, height) // 4                                   # object side
+    spots = [(x, y) for x in range(0, width - size + 1, size) for y in range(0, height - size + 1, size)]
+    for name, (x, y) in zip(names, rng.sample(spots, len(names))):
+        color, shape = name.split(" ")
+        fill = (*COLORS[color], 255)
+        if shape == "cube":
+            draw.rectangle([x + 1, y + 1, x + size - 2, y + size - 2], fill=fill)
+        elif shape == "sphere":
+            draw.ellipse([x, y, x + size - 1, y + size - 1], fill=fill)
+        else:
+            draw.rounded_rectangle([x + size // 4, y, x + size - size // 4 - 1, y + size - 1],
+                                   radius=size // 6, fill=fill)
+    return image
+
+
+def random_label_lists(n: int, rng: random.Random) -> list[list[str]]:
+    """``n`` lists of 1–3 distinct object names, drawn uniformly."""
+    names = object_names()
+    return [rng.sample(names, rng.randint(1, 3)) for _ in range(n)]
+
+
+def write_iclevr_fixture(root: str | Path, n_scenes: int = 8, *, seed: int = 0) -> Path:
+    """Write a small iCLEVR copy in the course layout into ``root`` and return ``root``.
+
+    ``root/iclevr/CLEVR_train_{scene:06d}_{k}.png`` (320×240 RGBA): as in the real set, scene
+    images k = 0, 1, 2 add one object each. ``root/train.json`` lists them; objects.json,
+    test.json and new_test.json are copies of the course's real files.
+    """
+    root = Path(root)
+    (root / "iclevr").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    train = {}
+    for scene in range(n_scenes):
+        names = rng.sample(object_names(), 3)
+        for k in range(3):
+            file = f"CLEVR_train_{scene:06d}_{k}.png"
+            draw_scene(names[:k + 1], random.Random(f"{seed}-{scene}")).save(root / "iclevr" / file)
+            train[file] = names[:k + 1]
+    (root / "train.json").write_text(json.dumps(train))
+    for name in LABEL_FILES:
+        shutil.copyfile(BUNDLED_LABELS / name, root / name)
+    return root

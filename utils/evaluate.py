@@ -1,0 +1,212 @@
+"""iCLEVR accuracy exactly as the course evaluator computes it, and the guidance-scale sweep.
+
+The course's ``evaluation_model`` is a torchvision ResNet-18 whose head is
+``fc = Sequential(Linear(512, 24), Sigmoid())``, loaded from ``checkpoint.pth['model']``.
+Images (B, 3, 64, 64) in [-1, 1] go in; for each image with k true objects it counts how many
+of the k highest outputs are true objects. Accuracy = hits summed over the whole set / labels
+summed over the whole set, so 32 test images give a multiple of 1/72, new_test of 1/84.
+Unlike the course's class this runs on any device and takes the checkpoint path as an argument.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import diffusion
+from .data import to_model, to_unit
+from .io import atomic_save
+
+EVALUATOR_FILE = "checkpoint.pth"
+HELP = ("The evaluator weights checkpoint.pth come with the course's lab files: see data_links.md, "
+        "section iCLEVR, then set evaluator_checkpoint to its path.")
+
+
+class EvaluatorError(RuntimeError):
+    """The evaluator checkpoint is missing or not in the course's format. The message says what to do."""
+
+
+def build_evaluator_network(num_labels: int = 24) -> nn.Module:
+    """The course's classifier: torchvision ResNet-18, ``fc = Sequential(Linear(512, 24), Sigmoid())``."""
+    from torchvision.models import resnet18
+
+    net = resnet18(weights=None)
+    net.fc = nn.Sequential(nn.Linear(512, num_labels), nn.Sigmoid())
+    return net
+
+
+def write_evaluator_fixture(path: str | Path, *, seed: int = 0) -> Path:
+    """Write a randomly initialised evaluator in the official format ``{'model': state_dict}``.
+
+    For tests and smoke runs only: its accuracies are meaningless. The global RNG is left untouched.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build_evaluator_network()
+        for m in net.modules():  # make BatchNorm's eval-mode statistics non-trivial, as in trained weights
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return atomic_save({"model": net.state_dict()}, path)
+
+
+def find_evaluator(path: str | Path | None, data_dir: str | Path) -> Path | None:
+    """The evaluator checkpoint: ``path`` if given (an error if it does not exist), else the first
+    ``checkpoint.pth`` in data_dir, data_dir/file, data_dir/iclevr; None when there is none."""
+    if path:
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise EvaluatorError(f"evaluator_checkpoint={str(path)!r} does not exist. {HELP}")
+        return path
+    data_dir = Path(data_dir)
+    return next((p for p in (data_dir / EVALUATOR_FILE, data_dir / "file" / EVALUATOR_FILE,
+                             data_dir / "iclevr" / EVALUATOR_FILE) if p.is_file()), None)
+
+
+def load_evaluator(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
+    """The course's ResNet-18 with the weights of ``checkpoint.pth`` (``weights_only=True``), in eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluatorError(f"No evaluator checkpoint at {path}. {HELP}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise EvaluatorError(f"{path} is not a readable checkpoint ({err}). Download it again. {HELP}") from err
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        found = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise EvaluatorError(f"{path} should be a dict with a 'model' entry (the course's format); found {found}. {HELP}")
+    net = build_evaluator_network()
+    try:
+        net.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise EvaluatorError(f"{path} does not hold the course's ResNet-18 weights ({err}). {HELP}") from err
+    return net.to(device).eval()
+
+
+@dataclass
+class Accuracy:
+    """Course accuracy of one image set: ``hits`` true objects among the top-k, out of ``total`` labels."""
+
+    hits: int
+    total: int
+
+    @property
+    def value(self) -> float:
+        return self.hits / self.total
+
+
+def count_hits(scores: torch.Tensor, labels: torch.Tensor) -> Accuracy:
+    """The course's ``compute_acc`` summed over a set.
+
+    scores: (N, K) classifier outputs; labels: (N, K) multi-hot 0/1. For image i with
+    k_i = Σ labels[i] true objects, hits_i = number of true objects among the k_i highest scores.
+    """
+    if scores.shape != labels.shape:
+        raise ValueError(f"scores {tuple(scores.shape)} and labels {tuple(labels.shape)} must have the same shape.")
+    scores, labels = scores.detach().float().cpu(), labels.detach().float().cpu()
+    hits = total = 0
+    for score, label in zip(scores, labels):
+        k = int(label.sum().item())                 # number of true objects
+        top = score.topk(k).indices                 # the k highest outputs
+        hits += int(label[top].sum().item())
+        total += k
+    if total == 0:
+        raise ValueError("The labels hold no objects: accuracy is undefined.")
+    return Accuracy(hits, total)
+
+
+@torch.inference_mode()
+def accuracy(evaluator: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 64) -> Accuracy:
+    """Course accuracy of ``images`` (N, 3, 64, 64) in [-1, 1] against multi-hot ``labels`` (N, 24)."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images should be (N, 3, 64, 64); got {tuple(images.shape)}.")
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} label vectors.")
+    low, high = images.min().item(), images.max().item()
+    if low < -1.01 or high > 1.01:
+        raise ValueError(f"images should be in [-1, 1] (model space); found [{low:.2f}, {high:.2f}]. "
+                         "Clamp them, or convert with utils.data.to_model.")
+    device = next(evaluator.parameters()).device
+    scores = torch.cat([evaluator(images[i:i + batch_size].to(device, torch.float32)).cpu()
+                        for i in range(0, len(images), batch_size)])   # (N, 24) in (0, 1)
+    return count_hits(scores, labels)
+
+
+def as_saved(images: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) in [-1, 1] → the same images after an 8-bit PNG round trip, still in [-1, 1].
+
+    Scoring these gives the number a grader gets from the handed-in PNGs.
+    """
+    return to_model((to_unit(images.float()) * 255).round().to(torch.uint8))
+
+
+def save_accuracy(results: dict[str, Accuracy], path: str | Path, **settings) -> Path:
+    """Write ``accuracy.json``: per set its accuracy, hits and labels, plus the sampling ``settings``."""
+    payload = {name: {"accuracy": acc.value, "hits": acc.hits, "labels": acc.total} for name, acc in results.items()}
+    payload["settings"] = settings
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2))
+    return path
+
+
+# ----------------------------------------------------------------------------- guidance sweep
+def guidance_sweep(model, schedule: diffusion.NoiseSchedule, evaluator: nn.Module,
+                   label_sets: dict[str, torch.Tensor], guidance_scales, *, image_shape: tuple[int, int, int],
+                   sampler: str = "ddim", num_inference_steps: int = 50, seed: int = 0,
+                   clip_sample: bool = True, progress: bool = True) -> list[dict]:
+    """Course accuracy of each label set at each guidance scale w; one row per w.
+
+    Classifier-free guidance: ε = ε_uncond + w · (ε_cond − ε_uncond); w = 0 is unconditional,
+    w = 1 plain conditional, w > 1 guided. Every w starts from the same noise (``seed``), so rows
+    differ only by w. label_sets: name → multi-hot (N, K). Rows: {"guidance_scale": w, name: accuracy}.
+    """
+    rows = []
+    for w in tqdm(list(guidance_scales), desc="guidance sweep", disable=not progress):
+        row = {"guidance_scale": float(w)}
+        for name, labels in label_sets.items():
+            images = diffusion.sample(model, schedule, len(labels), image_shape, sampler=sampler,
+                                      num_inference_steps=num_inference_steps, labels=labels,
+                                      guidance_scale=float(w), seed=seed, clip_sample=clip_sample,
+                                      progress=False).images
+            row[name] = accuracy(evaluator, as_saved(images), labels).value
+        rows.append(row)
+    return rows
+
+
+def format_sweep(rows: list[dict]) -> str:
+    """The sweep as a fixed-width text table, one line per w."""
+    names = [k for k in rows[0] if k != "guidance_scale"]
+    lines = ["     w  " + "  ".join(f"{n:>9s}" for n in names)]
+    lines += [f"{r['guidance_scale']:6.2f}  " + "  ".join(f"{r[n]:9.4f}" for n in names) for r in rows]
+    return "\n".join(lines)
+
+
+def save_sweep(rows: list[dict], csv_path: str | Path, plot_path: str | Path | None = None):
+    """Write the sweep rows as CSV and, with ``plot_path``, a plot of accuracy against w; return the figure."""
+    names = [k for k in rows[0] if k != "guidance_scale"]
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["guidance_scale", *names])
+        writer.writeheader()
+        writer.writerows(rows)
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    scales = [r["guidance_scale"] for r in rows]
+    for name in names:
+        ax.plot(scales, [r[name] for r in rows], marker="o", label=name)
+    ax.axhline(0.8, color="gray", linestyle="--", linewidth=1, label="0.8 (full marks)")
+    ax.set_xlabel("guidance scale w  (0 = unconditional, 1 = conditional)")
+    ax.set_ylabel("course accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    if plot_path is not None:
+        fig.savefig(plot_path, dpi=150)
+    return fig
