@@ -87,7 +87,7 @@ class ICLEVRFiles:
     """Where one copy of iCLEVR keeps its parts."""
 
     label_dir: Path       # holds train.json, objects.json, test.json, new_test.json
-    image_dir: Path       # holds CLEVR_train_*.png
+    image_dir: Path | None  # holds CLEVR_train_*.png (None: not found)
 
     def label_file(self, name: str) -> Path:
         """``label_dir / name``, or an error naming the missing file."""
@@ -104,7 +104,10 @@ def _label_dir_candidates(data_dir: Path) -> list[Path]:
 
 def find_iclevr(data_dir: str | Path) -> ICLEVRFiles:
     """Find train.json (in ``data_dir``, ``data_dir/iclevr`` or ``data_dir/file``) and the folder
-    holding the images it lists (``iclevr/`` next to it, or the same folder)."""
+    holding the images it lists (``iclevr/`` next to it, or the same folder).
+
+    ``image_dir`` is None when no folder holds the first listed image (a cache may still serve them).
+    """
     data_dir = Path(data_dir)
     label_dir = next((d for d in _label_dir_candidates(data_dir) if (d / "train.json").is_file()), None)
     if label_dir is None:
@@ -113,37 +116,48 @@ def find_iclevr(data_dir: str | Path) -> ICLEVRFiles:
     first = next(iter(json.loads((label_dir / "train.json").read_text())), None)
     if first is None:
         raise DatasetError(f"{label_dir / 'train.json'} lists no images. {HELP}")
-    image_dirs = list(dict.fromkeys([label_dir / "iclevr", data_dir / "iclevr", data_dir / "iclevr" / "iclevr",
-                                     label_dir]))
-    image_dir = next((d for d in image_dirs if (d / first).is_file()), None)
-    if image_dir is None:
-        raise DatasetError(f"train.json lists {first}, but no folder holds it. Looked in: "
-                           f"{', '.join(map(str, image_dirs))}. Unzip iclevr.zip next to train.json. {HELP}")
+    image_dir = next((d for d in _image_dir_candidates(data_dir, label_dir) if (d / first).is_file()), None)
     return ICLEVRFiles(label_dir, image_dir)
+
+
+def _image_dir_candidates(data_dir: Path, label_dir: Path) -> list[Path]:
+    return list(dict.fromkeys([label_dir / "iclevr", data_dir / "iclevr", data_dir / "iclevr" / "iclevr", label_dir]))
+
+
+def _check_images(files: ICLEVRFiles, data_dir: Path, names: list[str]) -> list[Path]:
+    """The image paths of ``names``, or an error naming the folders searched or the first missing files."""
+    if files.image_dir is None:
+        looked = ", ".join(map(str, _image_dir_candidates(data_dir, files.label_dir)))
+        raise DatasetError(f"train.json lists {names[0]}, but no folder holds it. Looked in: {looked}. "
+                           f"Unzip iclevr.zip next to train.json. {HELP}")
+    paths = [files.image_dir / name for name in names]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise DatasetError(f"{len(missing)} of {len(paths)} images listed in train.json are not in "
+                           f"{files.image_dir}, for example: {', '.join(missing[:5])}. "
+                           f"The unzip may be incomplete: unzip iclevr.zip again. {HELP}")
+    return paths
 
 
 def load_iclevr(data_dir: str | Path, cache_dir: str | Path, *, image_size: int = 64) -> ImageSet:
     """iCLEVR training images as uint8 (N, 3, size, size) with multi-hot float labels (N, 24).
 
     The 320×240 RGBA PNGs are converted to RGB and resized to size × size (squashed, like the
-    course's ``Resize((64, 64))``), decoded once and cached in ``cache_dir``.
+    course's ``Resize((64, 64))``), decoded once and cached in ``cache_dir``. The cache is keyed
+    by the file names in train.json, so a later session needs only the JSON files and the cache.
     """
+    data_dir = Path(data_dir)
     files = find_iclevr(data_dir)
     train = json.loads(files.label_file("train.json").read_text())
-    objects = load_objects(files.label_file("objects.json"))
-    paths = [files.image_dir / name for name in train]
-    missing = [p.name for p in paths if not p.is_file()]
-    if missing:
-        raise DatasetError(f"{len(missing)} of {len(paths)} images listed in train.json are not in "
-                           f"{files.image_dir}, for example: {', '.join(missing[:5])}. "
-                           f"The unzip may be incomplete: unzip iclevr.zip again. {HELP}")
-    labels = encode_labels(list(train.values()), objects)       # (N, 24)
+    labels = encode_labels(list(train.values()), load_objects(files.label_file("objects.json")))  # (N, 24)
+    cache = cache_path(cache_dir, "iclevr", [Path(name) for name in train], image_size)
 
     def build():
+        paths = _check_images(files, data_dir, list(train))
         return {"images": decode_images(paths, image_size, "RGB", what="iCLEVR images")}
 
-    cached = load_or_build_cache(cache_path(cache_dir, "iclevr", paths, image_size), build)
-    return ImageSet(cached["images"], labels, f"iCLEVR in {files.image_dir}")
+    cached = load_or_build_cache(cache, build)
+    return ImageSet(cached["images"], labels, f"iCLEVR in {files.image_dir or files.label_dir} ({cache.name})")
 
 
 # ----------------------------------------------------------------------------- drawing
