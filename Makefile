@@ -20,8 +20,10 @@ demo: setup
 	@echo "Hand-in files: outputs/mnist/result_mnist.jpg, outputs/mnist/loss_mnist.jpg, outputs/mnist/mnist.gif"
 	@echo "The executed notebook, with every figure: outputs/01_mnist_ddpm.cpu.ipynb"
 
+# One thread per process: the suite's tiny models gain nothing from a second thread, and on a
+# shared 2-core machine two threads fighting a neighbour make small ops many times slower.
 test: setup
-	DDPM_SMOKE=1 $(BIN)/pytest
+	DDPM_SMOKE=1 OMP_NUM_THREADS=1 $(BIN)/pytest
 
 benchmarks: setup
 	$(BIN)/python benchmarks/mnist_speed.py
