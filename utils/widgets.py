@@ -30,6 +30,7 @@ def enlarge(image: Image.Image, size: int = DISPLAY_PX) -> Image.Image:
 
 
 def to_png(image: Image.Image) -> bytes:
+    """The PNG file bytes of ``image`` (what an ipywidgets Image shows)."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
