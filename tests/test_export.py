@@ -33,7 +33,8 @@ def write_iclevr_set(out):
 @pytest.fixture
 def imvfx_dirs(tmp_path):
     mnist_dir, anime_dir = tmp_path / "outputs" / "mnist", tmp_path / "outputs" / "anime"
-    mnist_dir.mkdir(parents=True), anime_dir.mkdir(parents=True)
+    mnist_dir.mkdir(parents=True)
+    anime_dir.mkdir(parents=True)
     write_imvfx_set(mnist_dir, anime_dir)
     return mnist_dir, anime_dir
 
