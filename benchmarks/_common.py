@@ -1,0 +1,39 @@
+"""Small helpers the benchmark scripts share: machine description and result files."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+
+def machine() -> str:
+    """One line: date, CPU/GPU, cores, torch version."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{datetime.date.today().isoformat()} · {cpu} · {os.cpu_count()} cores · {gpu} · "
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+
+
+def write_result(name: str, markdown: str) -> Path:
+    """Print a result and save it as benchmarks/results/<name>.md."""
+    RESULTS.mkdir(exist_ok=True)
+    text = f"Machine: {machine()}\n\n{markdown.strip()}\n"
+    print(text)
+    path = RESULTS / f"{name}.md"
+    path.write_text(text)
+    return path
