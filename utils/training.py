@@ -123,7 +123,7 @@ def train(model: nn.Module, loss_fn: Callable, loader, cfg, *, on_log: Callable[
 
     ``loader`` has ``len()`` (batches per epoch) and ``epoch(e, start)`` (batches of epoch e
     from index ``start``), like ``utils.data.BatchLoader``. Reads from ``cfg``: num_epochs,
-    max_steps, learning_rate, lr_schedule, warmup_steps, weight_decay, grad_clip, ema_decay,
+    max_steps, learning_rate, adam_betas (optional), lr_schedule, warmup_steps, weight_decay, grad_clip, ema_decay,
     mixed_precision, log_every, checkpoint_every, time_budget_minutes, resume, checkpoint_dir.
     With ``cfg.resume`` a run continues from ``checkpoint_dir/last.pt``: same step count,
     loss history, optimizer, EMA and RNG state. ``on_log(Progress)`` runs on the main process
@@ -141,7 +141,8 @@ def train(model: nn.Module, loss_fn: Callable, loader, cfg, *, on_log: Callable[
     ckpt_file = checkpoint_path(cfg.checkpoint_dir)
 
     model = model.to(accelerator.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                  betas=getattr(cfg, "adam_betas", (0.9, 0.999)))  # GANs use β1 = 0.5
     lr_scheduler = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps,
                                  num_training_steps=total_steps)
     ema = EMAModel(model.parameters(), decay=cfg.ema_decay, foreach=True)
