@@ -286,7 +286,136 @@ class ICLEVRConfig(DDPMConfig):
             raise ValueError(f"denoising_frames={self.denoising_frames}: the hand-in row needs at least 8 images.")
 
 
-CONFIGS: dict[str, type[DDPMConfig]] = {"mnist": MNISTConfig, "anime": AnimeConfig, "iclevr": ICLEVRConfig}
+@dataclass
+class DCGANConfig:
+    """Notebook 04: the DCGAN baseline (Radford et al. 2016) on MNIST, 1×28×28.
+
+    Trained by the same ``training.train`` loop as the DDPMs: the loop's optimizer is the
+    generator's Adam, the discriminator's Adam lives on the ``utils.gan.DCGAN`` module.
+    Full run ≈ 9.4k steps; a few minutes on a T4 (estimate, not measured).
+    """
+
+    name: str = "dcgan_mnist"              # names the checkpoint and output folders
+    image_size: int = 28                   # H = W; 28 → G starts at 7×7, 64 → at 4×4
+    channels: int = 1                      # 1 = gray, 3 = RGB
+    hflip: bool = False                    # random horizontal flips (wrong for digits)
+    latent_dim: int = 100                  # z ~ N(0, I) of this size (Radford et al.: 100)
+    generator_width: int = 64              # G's channels at its highest resolution (ngf)
+    discriminator_width: int = 64          # D's channels at its highest resolution (ndf)
+    batch_size: int = 128                  # Radford et al.: 128
+    num_epochs: int = 20                   # passes over the training set
+    max_steps: int | None = None           # stop after this many steps, whatever num_epochs says
+    learning_rate: float = 2e-4            # Adam, for G and D (Radford et al.)
+    adam_betas: tuple[float, float] = (0.5, 0.999)  # β1 = 0.5 steadies GAN training (Radford et al.)
+    lr_schedule: str = "constant"          # no decay, no warm-up: as in the paper
+    warmup_steps: int = 0
+    weight_decay: float = 0.0              # plain Adam
+    grad_clip: float = 0.0                 # off
+    ema_decay: float = 0.0                 # 0 = sample with the trained weights (the paper averages none)
+    mixed_precision: str = "no"            # fp32: small nets, and D's step runs outside Accelerate's autocast
+    log_every: int = 25                    # steps between loss read-outs
+    checkpoint_every: int = 1000           # steps between checkpoints (one is always written at the end)
+    time_budget_minutes: float | None = None  # stop cleanly with a checkpoint after this long
+    resume: bool = True                    # continue from the latest checkpoint if there is one
+    seed: int = 0                          # seeds data order, z and the weight init
+    workdir: str = ""                      # "" = the bundle's work dir, shared with notebooks 01/02
+    checkpoint_dir: str = ""               # "" = workdir/checkpoints/<name>
+    output_dir: str = ""                   # "" = workdir/outputs/<name>
+
+    ARCHITECTURE: ClassVar[tuple[str, ...]] = (
+        "image_size", "channels", "latent_dim", "generator_width", "discriminator_width")
+    PRESETS: ClassVar[dict[str, dict]] = {
+        "smoke": dict(generator_width=8, discriminator_width=8, latent_dim=16, batch_size=16, max_steps=6,
+                      log_every=2, checkpoint_every=4),
+    }
+
+    def __post_init__(self):
+        self.adam_betas = tuple(self.adam_betas)
+        work = Path(self.workdir).expanduser() if self.workdir else default_workdir()
+        self.workdir = str(work)
+        self.checkpoint_dir = self.checkpoint_dir or str(work / "checkpoints" / self.name)
+        self.output_dir = self.output_dir or str(work / "outputs" / self.name)
+
+    def paths(self) -> dict[str, Path]:
+        """checkpoint_dir and output_dir as Paths, created if missing."""
+        out = {k: Path(getattr(self, k)) for k in ("checkpoint_dir", "output_dir")}
+        for p in out.values():
+            p.mkdir(parents=True, exist_ok=True)
+        return out
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def architecture(self) -> dict:
+        """The fields a checkpoint must agree on."""
+        return {k: getattr(self, k) for k in self.ARCHITECTURE}
+
+
+@dataclass
+class DCGANAnimeConfig(DCGANConfig):
+    """Notebook 04: the DCGAN baseline on Anime Faces, 3×64×64 color (the paper's 64×64 architecture)."""
+
+    name: str = "dcgan_anime"
+    image_size: int = 64
+    channels: int = 3
+    hflip: bool = True                     # faces are roughly symmetric, as in notebook 02
+    num_epochs: int = 25                   # ≈ 4.2k steps of batch 128 over 21,376 faces
+
+    PRESETS: ClassVar[dict[str, dict]] = {
+        "smoke": dict(generator_width=8, discriminator_width=8, latent_dim=16, batch_size=8, max_steps=6,
+                      log_every=2, checkpoint_every=4),
+    }
+
+
+@dataclass
+class CompareConfig:
+    """Notebook 04: the protocol for judging generators, the same for every model so numbers compare.
+
+    FID and KID: ``fid_num_samples`` generated images per model against as many training images
+    drawn at random with ``seed``; both as uint8, gray copied to 3 channels, resized to 299×299 by
+    torchmetrics/torch-fidelity (TF1-compatible bilinear), Inception-v3 pool features (2048-d).
+    """
+
+    name: str = "compare"
+    fid_num_samples: int = 5000            # generated (and real) images per FID/KID; 50k is the paper standard
+    fid_batch_size: int = 250              # images per sampling batch (fits a T4 at 64×64 with fp16)
+    fid_sampler: str = "ddim"              # the DDPM's fast sampler for metrics
+    fid_steps: int = 50                    # its steps
+    kid_subset_size: int = 1000            # KID: polynomial-kernel MMD² on subsets of this size
+    kid_subsets: int = 100                 # … averaged over this many subsets
+    feature_extractor: str = "inception"   # "inception" (the protocol) or "random" (smoke runs: meaningless numbers)
+    inception_weights: str = ""            # local copy of weights-inception-2015-12-05-6726825d.pth ("" = download)
+    neighbours: int = 8                    # generated images shown next to their nearest training image
+    seed: int = 0                          # picks the real images, the noise of every sample
+    workdir: str = ""                      # "" = the bundle's work dir, shared with notebooks 01/02
+    output_dir: str = ""                   # "" = workdir/outputs/compare
+
+    PRESETS: ClassVar[dict[str, dict]] = {
+        "smoke": dict(fid_num_samples=16, fid_batch_size=8, fid_steps=2, kid_subset_size=8, kid_subsets=10,
+                      feature_extractor="random", neighbours=4),
+    }
+
+    def __post_init__(self):
+        if self.feature_extractor not in ("inception", "random"):
+            raise ValueError(f"feature_extractor={self.feature_extractor!r}: use 'inception' or 'random'.")
+        if self.fid_sampler not in ("ddpm", "ddim", "dpm"):
+            raise ValueError(f"fid_sampler {self.fid_sampler!r}: use 'ddpm', 'ddim' or 'dpm'.")
+        work = Path(self.workdir).expanduser() if self.workdir else default_workdir()
+        self.workdir = str(work)
+        self.output_dir = self.output_dir or str(work / "outputs" / self.name)
+
+    def paths(self) -> dict[str, Path]:
+        """output_dir as a Path, created if missing."""
+        out = {"output_dir": Path(self.output_dir)}
+        out["output_dir"].mkdir(parents=True, exist_ok=True)
+        return out
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CONFIGS: dict[str, type] = {"mnist": MNISTConfig, "anime": AnimeConfig, "iclevr": ICLEVRConfig,
+                           "dcgan_mnist": DCGANConfig, "dcgan_anime": DCGANAnimeConfig, "compare": CompareConfig}
 
 
 def make_config(name: str, preset: str | None = None, **overrides) -> DDPMConfig:

@@ -60,3 +60,58 @@ def build_model(cfg) -> nn.Module:
     if cfg.num_labels:
         return ConditionalUNet(build_unet(cfg, class_conditional=True), cfg.num_labels)
     return build_unet(cfg)
+
+
+# ----------------------------------------------------------------------------- DCGAN baseline
+def _dcgan_levels(image_size: int) -> tuple[int, int]:
+    """(start size, number of ×2 stages): 64 → (4, 4), 32 → (4, 3), 28 → (7, 2)."""
+    size, levels = image_size, 0
+    while size % 2 == 0 and size > 7:
+        size, levels = size // 2, levels + 1
+    if levels == 0:
+        raise ValueError(f"image_size={image_size}: DCGAN needs a size that halves at least once down to 4–7 px "
+                         "(e.g. 28, 32 or 64).")
+    return size, levels
+
+
+def dcgan_init_(module: nn.Module) -> nn.Module:
+    """Radford et al.'s init: conv weights ~ N(0, 0.02), BatchNorm γ ~ N(1, 0.02), β = 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+    return module
+
+
+def dcgan_generator(image_size: int, channels: int, latent_dim: int = 100, width: int = 64) -> nn.Sequential:
+    """G: z (B, latent_dim, 1, 1) → images (B, channels, image_size, image_size) in [-1, 1].
+
+    Radford et al.: a transposed conv projects z to s×s (s = 4 for 64 px, 7 for 28 px), then
+    stride-2 transposed convs double the size and halve the width; BatchNorm + ReLU between, tanh out.
+    """
+    start, levels = _dcgan_levels(image_size)
+    ch = width * 2 ** (levels - 1)                                           # 512 at 4×4 for 64 px, width 64
+    layers = [nn.ConvTranspose2d(latent_dim, ch, start, 1, 0, bias=False), nn.BatchNorm2d(ch), nn.ReLU(True)]
+    for _ in range(levels - 1):
+        layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch // 2), nn.ReLU(True)]
+        ch //= 2
+    layers += [nn.ConvTranspose2d(ch, channels, 4, 2, 1, bias=False), nn.Tanh()]
+    return dcgan_init_(nn.Sequential(*layers))
+
+
+def dcgan_discriminator(image_size: int, channels: int, width: int = 64) -> nn.Sequential:
+    """D: images (B, channels, image_size, image_size) in [-1, 1] → logits (B,).
+
+    The mirror of the generator: stride-2 convs halve the size and double the width, with
+    LeakyReLU(0.2) and BatchNorm (none on the input layer), then one conv over the s×s map.
+    """
+    start, levels = _dcgan_levels(image_size)
+    ch = width
+    layers = [nn.Conv2d(channels, ch, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
+    for _ in range(levels - 1):
+        layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch * 2), nn.LeakyReLU(0.2, True)]
+        ch *= 2
+    layers += [nn.Conv2d(ch, 1, start, 1, 0, bias=False), nn.Flatten(0)]    # (B, 1, 1, 1) → (B,)
+    return dcgan_init_(nn.Sequential(*layers))
