@@ -414,3 +414,43 @@ def nearest_neighbours(generated: torch.Tensor, train: torch.Tensor, *, chunk: i
         better = d < best_d
         best_d[better], best_i[better] = d[better], i[better] + start
     return best_d, best_i
+
+
+# ----------------------------------------------------------------------------- comparing trained models
+def load_trained(model: nn.Module, cfg, notebook: str) -> nn.Module:
+    """``model`` with the EMA weights that notebook ``notebook`` saved for ``cfg`` (its checkpoint_dir).
+
+    No checkpoint there: a ``training.CheckpointError`` that names the notebook to run first.
+    """
+    from . import training
+
+    path = training.checkpoint_path(cfg.checkpoint_dir)
+    if not path.exists():
+        raise training.CheckpointError(
+            f"No trained {cfg.name} model at {path}. Run notebook {notebook} first, with the same work dir "
+            f"({cfg.workdir}) and preset, then run this cell again.")
+    return training.load_ema_model(model, cfg, path)
+
+
+def seconds_per_step(model: nn.Module, loss_fn, batch: dict, *, repeats: int = 3, betas=(0.9, 0.999)) -> float:
+    """Median time of one training iteration (``loss_fn``, backward, Adam step) on a copy of ``model``.
+
+    Times both models the same way on the same device, so steps × this = a fair training-time estimate.
+    """
+    import copy
+    import statistics
+    import time
+
+    twin = copy.deepcopy(model).train()
+    optimizer = torch.optim.Adam([p for p in twin.parameters() if p.requires_grad], lr=1e-6, betas=betas)
+    times = []
+    for _ in range(repeats + 1):                                      # the first one warms up
+        start = time.perf_counter()
+        loss = loss_fn(twin, batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if loss.device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])

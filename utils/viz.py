@@ -138,3 +138,65 @@ def denoising_strip(frames: list[torch.Tensor], path: str | Path, *, index: int 
     image = grid_image(row, nrow=len(frames))
     _save(image, path)
     return image
+
+
+def plot_gan_loss(generator_losses: list[float], discriminator_losses: list[float], path: str | Path | None = None, *,
+                  title: str = "DCGAN training loss", window: int | None = None):
+    """G's and D's loss against training iteration (raw and moving average); saves to ``path`` when given.
+
+    Unlike a DDPM's loss, these do not go down: G and D play against each other, and flat, balanced
+    curves are the healthy sign. D's loss near 0 means D wins and G has stopped learning.
+    """
+    if not generator_losses:
+        raise ValueError("The loss history is empty: train first.")
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    for values, color, name in ((generator_losses, "tab:blue", "G: −log D(G(z))"),
+                                (discriminator_losses, "tab:orange", "D: −log D(x) − log(1 − D(G(z)))")):
+        steps = np.arange(1, len(values) + 1)
+        ax.plot(steps, values, color=color, alpha=0.3, linewidth=0.8)
+        ax.plot(steps, smooth(values, window), color=color, linewidth=2, label=name)
+    ax.set_xlabel("training iteration")
+    ax.set_ylabel("binary cross-entropy")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=150)
+    return fig
+
+
+def side_by_side(grids: dict[str, torch.Tensor], path: str | Path | None = None, *, nrow: int = 5):
+    """One figure with a grid per model, titled by the dict keys. Images (B, C, H, W) in [-1, 1]."""
+    fig, axes = plt.subplots(1, len(grids), figsize=(4.2 * len(grids), 4.6), squeeze=False)
+    for ax, (name, images) in zip(axes[0], grids.items()):
+        ax.imshow(grid_image(images, nrow=nrow))
+        ax.set_title(name)
+        ax.axis("off")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=150)
+    return fig
+
+
+def neighbour_pairs(generated: torch.Tensor, neighbours: torch.Tensor, distances, path: str | Path | None = None, *,
+                    title: str = ""):
+    """Top row: generated images; bottom row: the nearest training image of each, with the L2 distance.
+
+    generated, neighbours: (N, C, H, W) in [-1, 1]; distances: N numbers.
+    """
+    n = len(generated)
+    fig, axes = plt.subplots(2, n, figsize=(1.4 * n, 3.3), squeeze=False)
+    for i in range(n):
+        for row, image in ((0, generated[i]), (1, neighbours[i])):
+            picture = to_unit(image.float().cpu()).permute(1, 2, 0).numpy()
+            axes[row][i].imshow(picture[..., 0] if picture.shape[2] == 1 else picture, cmap="gray", vmin=0, vmax=1)
+            axes[row][i].axis("off")
+        axes[1][i].set_title(f"L2 {float(distances[i]):.1f}", fontsize=8)
+    axes[0][0].set_title("generated", fontsize=8, loc="left")
+    fig.suptitle(title or "generated (top) and its nearest training image (bottom)", fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=150)
+    return fig
