@@ -441,8 +441,8 @@ def seconds_per_step(model: nn.Module, loss_fn, batch: dict, *, repeats: int = 3
     import statistics
     import time
 
-    twin = copy.deepcopy(model).train()
-    optimizer = torch.optim.Adam([p for p in twin.parameters() if p.requires_grad], lr=1e-6, betas=betas)
+    twin = copy.deepcopy(model).train().requires_grad_(True)        # an EMA twin comes frozen
+    optimizer = torch.optim.Adam(twin.parameters(), lr=1e-6, betas=betas)
     times = []
     for _ in range(repeats + 1):                                      # the first one warms up
         start = time.perf_counter()
