@@ -116,3 +116,9 @@ def test_ema_lags_behind_the_raw_weights(tiny_cfg):
     result = _train(tiny_cfg)
     diffs = [(a - b).abs().max() for a, b in zip(result.model.parameters(), result.ema_model.parameters())]
     assert max(diffs) > 0
+
+
+def test_channels_last_trains_and_its_checkpoint_loads_into_a_plain_model(tiny_cfg):
+    result = _train(dataclasses.replace(tiny_cfg, channels_last=True))
+    assert result.step == len(result.loss_history) == tiny_cfg.max_steps
+    training.load_ema_model(models.build_model(tiny_cfg), tiny_cfg)

@@ -119,6 +119,8 @@ class DDPMConfig:
     grad_clip: float = 1.0                 # max global gradient norm (0 = off)
     ema_decay: float = 0.9995              # EMA of weights used for sampling
     mixed_precision: str = "auto"          # "auto", "no", "fp16" or "bf16"
+    channels_last: bool = False            # NHWC weights: faster convolutions on tensor-core GPUs (measure on yours)
+    torch_compile: bool = False            # torch.compile the training forward: faster steps after a slow first one
     log_every: int = 25                    # steps between loss read-outs (one host sync each)
     checkpoint_every: int = 1000           # steps between checkpoints (one is always written at the end)
     preview_every: int = 0                 # steps between fixed-noise preview grids (0 = off)

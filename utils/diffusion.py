@@ -234,11 +234,12 @@ def sample(model, schedule: NoiseSchedule, num_images: int, image_shape: tuple[i
         step = lambda eps, t, x: scheduler.step(eps, t, x, generator=generator).prev_sample
 
     x = torch.randn((num_images, *image_shape), generator=generator, device=device, dtype=dtype)  # x_T
+    t_all = torch.tensor(timesteps, device=device)  # (N,), copied once: no host → device transfer per step
     keep = _frame_indices(len(timesteps), num_frames)
     frames, frame_t = ([x.clone()], [schedule.num_train_timesteps]) if num_frames else ([], [])
     model.eval()
     for i, t in enumerate(tqdm(timesteps, desc=f"sampling ({sampler})", disable=not progress, leave=False)):
-        eps = guided_noise(model, x, torch.tensor([t], device=device), labels, guidance_scale)  # predict noise
+        eps = guided_noise(model, x, t_all[i:i + 1], labels, guidance_scale)                   # predict noise
         x = step(eps, t, x)                                                                    # step
         if i in keep:
             frames.append(x.clone())

@@ -117,6 +117,35 @@ def _as_nested_tuple(v):
     return tuple(_as_nested_tuple(x) for x in v) if isinstance(v, (list, tuple)) else v
 
 
+def _seed_rank(seed: int, accelerator) -> None:
+    """Give each process its own random stream (timesteps, noise, label dropout) from ``seed``."""
+    random.seed(seed * 1009 + accelerator.process_index)
+    torch.manual_seed(seed * 1009 + accelerator.process_index)
+
+
+def _resume_rng(ckpt: dict, accelerator, seed: int) -> None:
+    """Each process gets back its own saved RNG state; with another process count, fresh streams."""
+    states = ckpt.get("rng_ranks") or [ckpt["rng"]]
+    if len(states) == accelerator.num_processes:
+        _set_rng_state(states[accelerator.process_index])
+    else:
+        _seed_rank(seed + ckpt["step"], accelerator)
+
+
+def _sync_from_main(model: nn.Module, accelerator) -> None:
+    """Copy the main process's weights to every process, so all ranks (and their EMA) start equal."""
+    if accelerator.num_processes > 1:
+        for tensor in model.state_dict().values():
+            torch.distributed.broadcast(tensor, src=0)
+
+
+def _main_decides(flag: bool, accelerator) -> bool:
+    """The main process's ``flag`` on every process (one tiny broadcast)."""
+    from accelerate.utils import broadcast
+
+    return bool(broadcast(torch.tensor([int(flag)], device=accelerator.device)).item())
+
+
 def train(model: nn.Module, loss_fn: Callable, loader, cfg, *, on_log: Callable[[Progress], None] | None = None,
           accelerator=None, progress: bool = True) -> TrainResult:
     """Train ``model`` to minimise ``loss_fn(model, batch)`` over ``loader``; return the result.
@@ -124,10 +153,18 @@ def train(model: nn.Module, loss_fn: Callable, loader, cfg, *, on_log: Callable[
     ``loader`` has ``len()`` (batches per epoch) and ``epoch(e, start)`` (batches of epoch e
     from index ``start``), like ``utils.data.BatchLoader``. Reads from ``cfg``: num_epochs,
     max_steps, learning_rate, adam_betas (optional), lr_schedule, warmup_steps, weight_decay, grad_clip, ema_decay,
-    mixed_precision, log_every, checkpoint_every, time_budget_minutes, resume, checkpoint_dir.
+    mixed_precision, log_every, checkpoint_every, time_budget_minutes, resume, checkpoint_dir,
+    and, where the config has them, channels_last and torch_compile.
     With ``cfg.resume`` a run continues from ``checkpoint_dir/last.pt``: same step count,
     loss history, optimizer, EMA and RNG state. ``on_log(Progress)`` runs on the main process
     after every loss read-out.
+
+    Under several processes (``accelerate launch``) build ``loader`` with ``rank`` =
+    ``accelerator.process_index`` and ``world_size`` = ``accelerator.num_processes`` and pass
+    that ``accelerator``: every process starts from the main process's weights and draws its
+    own noise, the history holds the mean loss over processes (one entry per step), and only
+    the main process writes checkpoints. Resuming on several machines needs ``checkpoint_dir``
+    on a file system they share.
     """
     from accelerate import Accelerator
     from diffusers.optimization import get_scheduler
@@ -141,6 +178,9 @@ def train(model: nn.Module, loss_fn: Callable, loader, cfg, *, on_log: Callable[
     ckpt_file = checkpoint_path(cfg.checkpoint_dir)
 
     model = model.to(accelerator.device)
+    if getattr(cfg, "channels_last", False):  # NHWC: faster convolutions on tensor-core GPUs
+        model = model.to(memory_format=torch.channels_last)
+    _sync_from_main(model, accelerator)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                   betas=getattr(cfg, "adam_betas", (0.9, 0.999)))  # GANs use β1 = 0.5
     lr_scheduler = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps,
@@ -159,7 +199,7 @@ def train(model: nn.Module, loss_fn: Callable, loader, cfg, *, on_log: Callable[
         ema.to(accelerator.device)
         history = ckpt["loss_history"].tolist()
         step = ckpt["step"]
-        _set_rng_state(ckpt["rng"])
+        _resume_rng(ckpt, accelerator, cfg.seed)
         if accelerator.scaler is not None and ckpt.get("scaler"):
             accelerator.scaler.load_state_dict(ckpt["scaler"])
         if main:
@@ -168,10 +208,14 @@ def train(model: nn.Module, loss_fn: Callable, loader, cfg, *, on_log: Callable[
         kept = ckpt_file.with_name(f"replaced_{time.strftime('%Y%m%d-%H%M%S')}.pt")
         ckpt_file.rename(kept)
         print(f"resume=False: starting over; the previous checkpoint is kept as {kept}.")
+    if step == 0 and accelerator.num_processes > 1:
+        _seed_rank(cfg.seed, accelerator)
     accelerator.wait_for_everyone()
 
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
+    # compiled for the training forward only: checkpoints and the EMA twin use the plain module
+    forward_model = torch.compile(model) if getattr(cfg, "torch_compile", False) else model
     ema_twin = None
 
     def ema_model() -> nn.Module:
@@ -182,14 +226,18 @@ def train(model: nn.Module, loss_fn: Callable, loader, cfg, *, on_log: Callable[
         return ema_twin
 
     def save():
+        from accelerate.utils import gather_object
+
         accelerator.wait_for_everyone()
+        rng_ranks = gather_object([_rng_state()])  # every process's RNG state, in rank order
         if main:
             atomic_save({
                 "format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "step": step,
                 "model": raw_model.state_dict(), "ema": ema.state_dict(),
                 "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
                 "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-                "loss_history": torch.tensor(history, dtype=torch.float64), "rng": _rng_state(),
+                "loss_history": torch.tensor(history, dtype=torch.float64), "rng": rng_ranks[0],
+                "rng_ranks": rng_ranks,
             }, ckpt_file)
 
     if step >= total_steps:
@@ -231,7 +279,7 @@ def train(model: nn.Module, loss_fn: Callable, loader, cfg, *, on_log: Callable[
     while step < total_steps:
         epoch, start = divmod(step, steps_per_epoch)
         for batch in loader.epoch(epoch, start):
-            loss = loss_fn(model, batch)
+            loss = loss_fn(forward_model, batch)
             accelerator.backward(loss)
             if cfg.grad_clip:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -242,6 +290,8 @@ def train(model: nn.Module, loss_fn: Callable, loader, cfg, *, on_log: Callable[
             pending.append(loss.detach())
             step += 1
             out_of_time = time.monotonic() - start_time > budget
+            if accelerator.num_processes > 1:  # all processes stop at one step: the main one decides at read-outs
+                out_of_time = budget < math.inf and step % cfg.log_every == 0 and _main_decides(out_of_time, accelerator)
             if step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == total_steps or out_of_time:
                 read_losses(final=step == total_steps or out_of_time)
             if step % cfg.checkpoint_every == 0 or step == total_steps or out_of_time:

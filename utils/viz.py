@@ -47,6 +47,12 @@ def save_grid(images: torch.Tensor, path: str | Path, *, nrow: int = 5, expected
     return image
 
 
+def save_numbered(images: torch.Tensor, folder: str | Path) -> list[Path]:
+    """Save (B, C, H, W) images in [-1, 1] one per file, ``folder/0.png`` … ``folder/{B−1}.png`` in order."""
+    return [_save(grid_image(image[None], nrow=1, padding=0), Path(folder) / f"{i}.png")
+            for i, image in enumerate(images)]
+
+
 def _save(image: Image.Image, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

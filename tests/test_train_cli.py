@@ -1,0 +1,58 @@
+"""The command-line trainer: options from the config, and the same run on two processes through Accelerate."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from utils import train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_config_field_is_an_option_parsed_to_its_type(tmp_path):
+    cfg = train.parse_config(["--config", "mnist", "--preset", "smoke", "--workdir", str(tmp_path),
+                              "--max_steps", "3", "--block_out_channels", "8,16", "--channels_last", "true",
+                              "--time_budget_minutes", "1.5", "--sampler", "ddim"])
+    assert (cfg.name, cfg.max_steps, cfg.block_out_channels) == ("mnist", 3, (8, 16))
+    assert cfg.channels_last is True and cfg.time_budget_minutes == 1.5 and cfg.sampler == "ddim"
+    assert cfg.layers_per_block == 1  # the preset's value, not overridden
+
+
+def test_a_bad_yes_no_value_is_refused():
+    with pytest.raises(SystemExit):
+        train.parse_config(["--config", "mnist", "--resume", "maybe"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_cpu_processes_train_the_smoke_config_and_write_the_notebook_outputs(tmp_path):
+    # `accelerate launch --cpu --num_processes 2` starts one process unless MPI is set up; the
+    # torchrun-based multi-process launcher with ACCELERATE_USE_CPU=1 gives 2 processes on gloo.
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", DDPM_WORKDIR=str(tmp_path), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(_free_port()),
+               "-m", "utils.train", "--config", "mnist", "--preset", "smoke",
+               "--sampler", "ddim", "--num_inference_steps", "5"]
+    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "2 process(es)" in run.stdout
+
+    ckpt = torch.load(tmp_path / "checkpoints" / "mnist" / "last.pt", weights_only=True)
+    assert ckpt["step"] == 6 and len(ckpt["loss_history"]) == 6  # one mean loss per step, not per process
+    assert torch.isfinite(ckpt["loss_history"]).all()
+    first, second = ckpt["rng_ranks"]
+    assert not torch.equal(first["torch"], second["torch"])  # each process drew its own noise
+    for name in ("result_mnist.jpg", "loss_mnist.jpg", "mnist.gif"):
+        with Image.open(tmp_path / "outputs" / "mnist" / name) as image:
+            image.load()

@@ -1,0 +1,180 @@
+"""Train a notebook's config from the command line, on one GPU or many, with the notebooks' loop.
+
+    python -m utils.train --config mnist --preset cpu
+    accelerate launch --multi_gpu --num_processes 4 -m utils.train --config iclevr --num_epochs 100
+
+Every config field is an option: ``--batch_size 64`` (per process), ``--max_steps 2000``,
+``--block_out_channels 64,128,256,256``, ``--channels_last true``. It writes what the notebook
+writes: ``checkpoint_dir/last.pt`` (and resumes from it, like the notebook's training cell) and the
+hand-in files in ``output_dir``. ``--preset smoke`` (or ``DDPM_SMOKE=1``) trains on the small
+fixtures the notebooks write under test. Each process reads its own share of every epoch; the
+main process writes checkpoints and samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import typing
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+from . import config, data, diffusion, evaluate, models, training, viz
+
+# What each notebook hands in, and its loss-plot title.
+HANDIN = {
+    "mnist": dict(loss="loss_mnist.jpg", grid="result_mnist.jpg", gif="mnist.gif", title="DDPM on MNIST"),
+    "anime": dict(loss="loss_anime.jpg", grid="result_anime.jpg", gif="anime.gif", title="DDPM on Anime Faces"),
+    "iclevr": dict(loss="loss_iclevr.jpg", gif="iclevr.gif", title="Conditional DDPM on iCLEVR"),
+}
+DENOISE_NAMES = [["red sphere", "cyan cylinder", "cyan cube"]]  # notebook 03's denoising-process row
+
+
+def _parse_value(text: str, hint):
+    """``text`` as the type ``hint`` of a config field: bools, numbers, "none", comma-separated tuples."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if type(None) in typing.get_args(hint) and text.lower() in ("none", ""):
+        return None
+    if typing.get_origin(hint) is tuple:
+        return tuple(_parse_value(part, args[0]) for part in text.split(",") if part.strip())
+    hint = args[0] if args else hint
+    if hint is bool:
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a yes/no value: use true or false.")
+        return text.lower() in ("true", "1", "yes")
+    return hint(text)
+
+
+def parse_config(argv: list[str] | None = None) -> config.DDPMConfig:
+    """The config that ``argv`` (``--config``, ``--preset`` and any config field) describes."""
+    first = argparse.ArgumentParser(add_help=False)
+    asks_help = bool({"-h", "--help"} & set(sys.argv[1:] if argv is None else argv))
+    first.add_argument("--config", choices=sorted(HANDIN), required=not asks_help)
+    first.add_argument("--preset", default=None, help='"full", "smoke" (tiny, for tests) or a notebook preset '
+                                                      '("cpu" for mnist); default: smoke when DDPM_SMOKE=1, else full')
+    known, _ = first.parse_known_args(argv)
+    parser = argparse.ArgumentParser(prog="python -m utils.train", description=__doc__, parents=[first],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    cls = config.CONFIGS[known.config] if known.config else config.DDPMConfig
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls)[1:]:  # all but ``name``, which --config chooses
+        parser.add_argument(f"--{f.name}", type=lambda text, hint=hints[f.name]: _parse_value(text, hint),
+                            default=None, metavar=f.name.upper(), help=f"config field ({hints[f.name]})")
+    args = vars(parser.parse_args(argv))
+    name, preset = args.pop("config"), args.pop("preset")
+    if preset == "smoke":
+        os.environ["DDPM_SMOKE"] = "1"  # smoke runs write under .smoke/, never over real results
+    return config.make_config(name, preset, **args)
+
+
+def load_data(cfg, accelerator) -> data.ImageSet:
+    """The notebook's dataset (in smoke mode the fixture it writes), decoded once per machine."""
+    paths = cfg.paths()
+    with accelerator.local_main_process_first():  # one process per machine writes fixtures and the cache
+        if config.smoke_mode() and accelerator.is_local_main_process:
+            if cfg.name == "mnist":
+                data.write_mnist_fixture(paths["data_dir"], "course", n_per_digit=20)
+            elif cfg.name == "anime":
+                data.write_anime_fixture(paths["data_dir"], "kaggle", n=48)
+            else:
+                data.write_iclevr_fixture(paths["data_dir"], n_scenes=8)
+                evaluate.write_evaluator_fixture(paths["data_dir"] / evaluate.EVALUATOR_FILE)
+        if cfg.name == "mnist":
+            return data.load_mnist(paths["data_dir"], paths["cache_dir"], allow_offline_sample=cfg.allow_offline_sample)
+        if cfg.name == "anime":
+            return data.load_anime(paths["data_dir"], paths["cache_dir"], image_size=cfg.image_size,
+                                   download=cfg.download, download_dir=cfg.download_dir, gdown_id=cfg.gdown_id)
+        return data.load_iclevr(paths["data_dir"], paths["cache_dir"], image_size=cfg.image_size)
+
+
+def write_unconditional(cfg, ema, schedule) -> list[Path]:
+    """Notebooks 01/02's samples: a 5×5 grid and the diffusion GIF, with cfg's sampler."""
+    out, names = Path(cfg.output_dir), HANDIN[cfg.name]
+    samples = diffusion.sample(ema, schedule, 25, (cfg.channels, cfg.image_size, cfg.image_size),
+                               sampler=cfg.sampler, num_inference_steps=cfg.num_inference_steps,
+                               num_frames=cfg.gif_frames, seed=cfg.seed, clip_sample=cfg.clip_sample)
+    viz.save_grid(samples.images, out / names["grid"], nrow=5)
+    return [out / names["grid"], viz.save_gif(samples.frames, out / names["gif"], nrow=5)]
+
+
+def write_iclevr(cfg, ema, schedule, device) -> list[Path]:
+    """Notebook 03's images: test/ and new_test/ (i.png for the i-th label list), their 8×4 grids,
+    the GIF, the denoising row and, when the evaluator is there, ``accuracy.json``."""
+    out = Path(cfg.output_dir)
+    files = data.find_iclevr(cfg.data_dir)
+    objects = data.load_objects(files.label_file("objects.json"))
+    label_sets = {name: data.encode_labels(data.load_label_lists(files.label_file(f"{name}.json")), objects)
+                  for name in ("test", "new_test")}
+    shape = (cfg.channels, cfg.image_size, cfg.image_size)
+    common = dict(sampler=cfg.sampler, num_inference_steps=cfg.num_inference_steps,
+                  guidance_scale=cfg.guidance_scale, seed=cfg.seed, clip_sample=cfg.clip_sample)
+    written, samples = [], {}
+    for name, labels in label_sets.items():
+        samples[name] = diffusion.sample(ema, schedule, len(labels), shape, labels=labels,
+                                         num_frames=cfg.gif_frames, **common)
+        written += viz.save_numbered(samples[name].images, out / name)
+        viz.save_grid(samples[name].images, out / f"{name}_grid.png", nrow=8, expected=32)
+        written.append(out / f"{name}_grid.png")
+    written.append(viz.save_gif(samples["test"].frames, out / HANDIN["iclevr"]["gif"], nrow=8))
+    process = diffusion.sample(ema, schedule, 1, shape, labels=data.encode_labels(DENOISE_NAMES, objects),
+                               num_frames=cfg.denoising_frames, **common)
+    viz.denoising_strip(process.frames, out / "denoising_process.png")
+    written.append(out / "denoising_process.png")
+    evaluator_path = evaluate.find_evaluator(cfg.evaluator_checkpoint, cfg.data_dir)
+    if evaluator_path is None:
+        print(f"Accuracy skipped: no evaluator {evaluate.EVALUATOR_FILE} in {cfg.data_dir} (see data_links.md).")
+        return written
+    evaluator = evaluate.load_evaluator(evaluator_path, device)
+    scores = {name: evaluate.accuracy(evaluator, evaluate.as_saved(samples[name].images), labels)
+              for name, labels in label_sets.items()}
+    written.append(evaluate.save_accuracy(scores, out / "accuracy.json", guidance_scale=cfg.guidance_scale,
+                                          sampler=cfg.sampler, num_inference_steps=cfg.num_inference_steps,
+                                          seed=cfg.seed, evaluator=str(evaluator_path)))
+    for name, acc in scores.items():
+        print(f"{name:9s} accuracy {acc.value:.4f}  ({acc.hits}/{acc.total} objects found)")
+    return written
+
+
+def main(argv: list[str] | None = None) -> training.TrainResult:
+    """Train the config ``argv`` describes (on every process), then write its outputs (main process)."""
+    from accelerate import Accelerator, PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    cfg = parse_config(argv)
+    cpu = parse_flag_from_env("ACCELERATE_USE_CPU")  # set by `accelerate launch --cpu`
+    mixed_precision = config.resolve_mixed_precision(cfg.mixed_precision, PartialState(cpu=cpu).device)
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    config.seed_everything(cfg.seed)  # the same initial weights everywhere; train() then splits the noise
+    images = load_data(cfg, accelerator)
+    device = accelerator.device
+    loader = data.BatchLoader(images, cfg.batch_size, hflip=cfg.hflip, seed=cfg.seed, device=device,
+                              keep_on_device=data.fits_on_device(images.images, device),
+                              rank=accelerator.process_index, world_size=accelerator.num_processes)
+    schedule = diffusion.schedule_from_config(cfg)
+    loss_fn = diffusion.make_loss_fn(schedule, conditional=cfg.num_labels > 0,
+                                     cond_drop_prob=getattr(cfg, "cond_drop_prob", 0.0))
+    if accelerator.is_main_process:
+        print(f"{cfg.name}: {len(images):,} images from {images.source}; {accelerator.num_processes} process(es) "
+              f"× batch {cfg.batch_size} on {device}, mixed precision {mixed_precision}; "
+              f"{len(loader)} steps per epoch; outputs → {cfg.output_dir}")
+    result = training.train(models.build_model(cfg), loss_fn, loader, cfg, accelerator=accelerator)
+    if not accelerator.is_main_process:
+        return result
+    print(f"{result.step} iterations ({result.stop_reason}); checkpoint: {result.checkpoint}")
+    out = Path(cfg.output_dir)
+    plt.close(viz.plot_loss(result.loss_history, out / HANDIN[cfg.name]["loss"], title=HANDIN[cfg.name]["title"]))
+    written = [out / HANDIN[cfg.name]["loss"]]
+    if cfg.name == "iclevr":
+        written += write_iclevr(cfg, result.ema_model, schedule, device)
+    else:
+        written += write_unconditional(cfg, result.ema_model, schedule)
+    print(f"Wrote {len(written)} files in {out}: " + ", ".join(str(p.relative_to(out)) for p in written[:8])
+          + (" …" if len(written) > 8 else ""))
+    return result
+
+
+if __name__ == "__main__":
+    main()
