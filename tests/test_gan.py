@@ -1,0 +1,100 @@
+"""The DCGAN baseline: shapes, a few steps through the one training loop, checkpoints and resume."""
+
+import pytest
+import torch
+
+from utils import config, data, evaluate, gan, models, training
+
+
+@pytest.mark.parametrize("size, channels", [(28, 1), (64, 3)])
+def test_generator_and_discriminator_shapes(size, channels):
+    g = models.dcgan_generator(size, channels, latent_dim=16, width=8)
+    d = models.dcgan_discriminator(size, channels, width=8)
+    images = g(torch.randn(3, 16, 1, 1))
+    assert images.shape == (3, channels, size, size)
+    assert images.abs().max() <= 1                                     # tanh output
+    assert d(images).shape == (3,)
+
+
+def test_full_size_64px_dcgan_has_the_papers_widths():
+    g, d = models.dcgan_generator(64, 3), models.dcgan_discriminator(64, 3)
+    assert g[0].out_channels == 512 and d[-2].in_channels == 512       # 4×4 × 512 at the bottom
+    assert models.count_parameters(g) == 3_576_704
+
+
+def test_sizes_that_do_not_halve_to_a_small_map_are_refused():
+    with pytest.raises(ValueError, match="e.g. 28, 32 or 64"):
+        models.dcgan_generator(27, 1)
+
+
+def gan_setup(tmp_path, **overrides):
+    cfg = config.make_config("dcgan_mnist", "smoke", workdir=str(tmp_path), **overrides)
+    images = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    loader = data.BatchLoader(data.ImageSet(images, None, "random"), cfg.batch_size, seed=cfg.seed)
+    torch.manual_seed(cfg.seed)
+    return cfg, loader, gan.build_dcgan(cfg)
+
+
+def test_a_few_loop_steps_train_both_players(tmp_path):
+    cfg, loader, model = gan_setup(tmp_path)
+    g0 = [p.detach().clone() for p in model.generator.parameters()]
+    d0 = [p.detach().clone() for p in model.discriminator.parameters()]
+    result = training.train(model, gan.loss_fn, loader, cfg, progress=False)
+    assert result.step == cfg.max_steps and len(result.loss_history) == cfg.max_steps
+    assert len(result.model.d_loss_history) == cfg.max_steps
+    assert all(not torch.equal(a, b) for a, b in zip(g0, result.model.generator.parameters()))
+    assert all(not torch.equal(a, b) for a, b in zip(d0, result.model.discriminator.parameters()))
+
+
+def test_the_loops_optimizer_uses_the_gan_betas(tmp_path):
+    cfg, loader, model = gan_setup(tmp_path)
+    assert cfg.adam_betas == (0.5, 0.999) and model.d_optimizer.param_groups[0]["betas"] == (0.5, 0.999)
+    training.train(model, gan.loss_fn, loader, cfg, progress=False)
+    ckpt = training.load_checkpoint(training.checkpoint_path(cfg.checkpoint_dir), cfg)
+    assert tuple(ckpt["optimizer"]["param_groups"][0]["betas"]) == (0.5, 0.999)
+
+
+def test_checkpoint_round_trip_restores_both_players_and_ds_optimizer(tmp_path):
+    cfg, loader, model = gan_setup(tmp_path)
+    result = training.train(model, gan.loss_fn, loader, cfg, progress=False)
+    loaded = training.load_ema_model(gan.build_dcgan(cfg), cfg)
+    for a, b in zip(result.model.state_dict().values(), loaded.state_dict().values()):
+        if isinstance(a, torch.Tensor):
+            assert torch.equal(a, b)
+    assert loaded.d_loss_history == pytest.approx(result.model.d_loss_history)
+    assert len(loaded.d_optimizer.state_dict()["state"]) == len(list(loaded.discriminator.parameters()))
+    assert torch.equal(gan.sample(loaded, 4, seed=1), gan.sample(result.model, 4, seed=1))
+
+
+def test_an_interrupted_gan_run_resumes_like_an_uninterrupted_one(tmp_path):
+    cfg, loader, model = gan_setup(tmp_path / "straight")
+    straight = training.train(model, gan.loss_fn, loader, cfg, progress=False)
+    cfg, loader, model = gan_setup(tmp_path / "resumed", max_steps=4)
+    training.train(model, gan.loss_fn, loader, cfg, progress=False)
+    cfg, loader, model = gan_setup(tmp_path / "resumed")                # same dir, max_steps back to 6
+    resumed = training.train(model, gan.loss_fn, loader, cfg, progress=False)
+    assert resumed.loss_history == pytest.approx(straight.loss_history)
+    assert resumed.model.d_loss_history == pytest.approx(straight.model.d_loss_history)
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_samples_are_seeded_images_in_model_space(tmp_path):
+    _, _, model = gan_setup(tmp_path)
+    images = gan.sample(model, 5, seed=3)
+    assert images.shape == (5, 1, 28, 28) and images.abs().max() <= 1
+    assert torch.equal(images, gan.sample(model.generator, 5, seed=3))
+    assert model.generator.training                                     # sampling leaves the mode alone
+
+
+def test_missing_ddpm_checkpoint_names_the_notebook_to_run_first(tmp_path):
+    cfg = config.make_config("mnist", "smoke", workdir=str(tmp_path))
+    with pytest.raises(training.CheckpointError, match="Run notebook 01_mnist_ddpm first"):
+        evaluate.load_trained(models.build_model(cfg), cfg, "01_mnist_ddpm")
+
+
+def test_a_training_step_is_timed_on_a_copy(tmp_path):
+    cfg, loader, model = gan_setup(tmp_path)
+    before = [p.detach().clone() for p in model.parameters()]
+    seconds = evaluate.seconds_per_step(model, gan.loss_fn, next(loader.epoch(0)), repeats=1)
+    assert seconds > 0 and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
