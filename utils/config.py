@@ -64,12 +64,18 @@ def resolve_mixed_precision(setting: str, device: torch.device | None = None) ->
 
 def describe_runtime() -> str:
     """Device, memory and library versions, and what to do when no GPU is attached."""
+    import platform
+
+    import accelerate
     import diffusers
+    import torchvision
 
     import utils
 
     device = pick_device()
-    lines = [f"utils {utils.__version__} · torch {torch.__version__} · diffusers {diffusers.__version__}"]
+    lines = [f"utils {utils.__version__} · Python {platform.python_version()} · torch {torch.__version__} · "
+             f"torchvision {torchvision.__version__} · diffusers {diffusers.__version__} · "
+             f"accelerate {accelerate.__version__}"]
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(0)
         lines.append(f"GPU: {props.name}, {props.total_memory / 2**30:.1f} GB")
