@@ -171,8 +171,7 @@ def main(argv: list[str] | None = None) -> training.TrainResult:
         written += write_iclevr(cfg, result.ema_model, schedule, device)
     else:
         written += write_unconditional(cfg, result.ema_model, schedule)
-    print(f"Wrote {len(written)} files in {out}: " + ", ".join(str(p.relative_to(out)) for p in written[:8])
-          + (" …" if len(written) > 8 else ""))
+    print(f"Wrote {len(written)} files in {out}: " + ", ".join(sorted({p.relative_to(out).parts[0] for p in written})))
     return result
 
 
