@@ -13,8 +13,10 @@ appear (a collapse onto a few classes would show in the histogram).
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from _common import RESULTS, write_result
@@ -61,23 +63,26 @@ def main():
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the cpu preset's)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the cpu preset's")
     parser.add_argument("--lr", type=float, default=None, help="default: the cpu preset's")
-    parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--samples", type=int, default=100, help="images per sampler")
+    parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "ddpm-mnist-learnability"),
+                        help="checkpoint folder: a second run with the same settings only samples again")
     args = parser.parse_args()
     digits = data.offline_sample()
     judge, held, held_accuracy = train_judge(digits)
     real_confident, _ = judge_images(judge, held)
     noise_confident, _ = judge_images(judge, torch.rand(args.samples, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1)
 
-    with tempfile.TemporaryDirectory() as work:
-        cfg = config.make_config("mnist", "cpu", workdir=work, max_steps=args.steps, batch_size=args.batch_size,
-                                 learning_rate=args.lr)
-        config.seed_everything(cfg.seed)
-        device = config.pick_device()
-        loader = data.BatchLoader(digits, cfg.batch_size, seed=cfg.seed, device=device)
-        schedule = diffusion.schedule_from_config(cfg)
-        start = time.perf_counter()
-        result = training.train(models.build_model(cfg), diffusion.make_loss_fn(schedule), loader, cfg)
-        train_s = time.perf_counter() - start
+    cfg = config.make_config("mnist", "cpu", workdir=args.workdir, max_steps=args.steps, batch_size=args.batch_size,
+                             learning_rate=args.lr)
+    config.seed_everything(cfg.seed)
+    loader = data.BatchLoader(digits, cfg.batch_size, seed=cfg.seed, device=config.pick_device())
+    schedule = diffusion.schedule_from_config(cfg)
+    timing = Path(cfg.checkpoint_dir) / "train_seconds.json"  # survives a rerun that only samples
+    start = time.perf_counter()
+    result = training.train(models.build_model(cfg), diffusion.make_loss_fn(schedule), loader, cfg)
+    if result.stop_reason != "already done" or not timing.exists():
+        timing.write_text(json.dumps(time.perf_counter() - start))
+    train_s = json.loads(timing.read_text())
 
     rows = []
     for sampler, steps in ((cfg.sampler, cfg.num_inference_steps), ("ddpm", cfg.num_train_timesteps)):
