@@ -25,8 +25,9 @@ def machine() -> str:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    threads = torch.get_num_threads()
     return (f"{datetime.date.today().isoformat()} · {cpu} · {os.cpu_count()} cores · {gpu} · "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+            f"torch {torch.__version__} ({threads} thread{'s' if threads != 1 else ''})")
 
 
 def write_result(name: str, markdown: str) -> Path:

