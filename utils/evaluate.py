@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import diffusion
+from . import diffusion, viz
 from .data import to_model, to_unit
 from .io import atomic_save
 
@@ -206,10 +206,7 @@ def save_sweep(rows: list[dict], csv_path: str | Path, plot_path: str | Path | N
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    if plot_path is not None:
-        fig.savefig(plot_path, dpi=150)
-    return fig
+    return viz.save_figure(fig, plot_path)
 
 
 # ----------------------------------------------------------------------------- FID and KID

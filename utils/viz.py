@@ -74,6 +74,15 @@ def smooth(values: list[float], window: int | None = None) -> np.ndarray:
     return np.concatenate([head, np.convolve(values, kernel, mode="valid")])
 
 
+def save_figure(fig, path: str | Path | None):
+    """Lay the figure out, save it at 150 dpi when a path is given (creating its folder); return it."""
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=150)
+    return fig
+
+
 def plot_loss(loss_history: list[float], path: str | Path | None = None, *, title: str = "DDPM training loss",
               window: int | None = None, ax=None):
     """Loss against training iteration: raw values and a moving average, log-scaled y axis.
@@ -94,11 +103,7 @@ def plot_loss(loss_history: list[float], path: str | Path | None = None, *, titl
     ax.set_title(f"{title} (last ≈ {sm[-1]:.4f})")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="upper right")
-    fig.tight_layout()
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=150)
-    return fig
+    return save_figure(fig, path)
 
 
 def save_gif(frames: list[torch.Tensor], path: str | Path, *, nrow: int = 5, frame_ms: int = 80,
@@ -132,10 +137,7 @@ def forward_process_strip(x0: torch.Tensor, noisy: list[torch.Tensor], timesteps
             axes[r][c].axis("off")
         axes[0][c].set_title(title, fontsize=9)
     fig.suptitle("Forward process q(x_t | x₀): more noise as t grows", fontsize=10)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=150)
-    return fig
+    return save_figure(fig, path)
 
 
 def denoising_strip(frames: list[torch.Tensor], path: str | Path, *, index: int = 0) -> Image.Image:
@@ -166,11 +168,7 @@ def plot_gan_loss(generator_losses: list[float], discriminator_losses: list[floa
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper right")
-    fig.tight_layout()
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=150)
-    return fig
+    return save_figure(fig, path)
 
 
 def side_by_side(grids: dict[str, torch.Tensor], path: str | Path | None = None, *, nrow: int = 5):
@@ -180,10 +178,7 @@ def side_by_side(grids: dict[str, torch.Tensor], path: str | Path | None = None,
         ax.imshow(grid_image(images, nrow=nrow))
         ax.set_title(name)
         ax.axis("off")
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=150)
-    return fig
+    return save_figure(fig, path)
 
 
 def neighbour_pairs(generated: torch.Tensor, neighbours: torch.Tensor, distances, path: str | Path | None = None, *,
@@ -202,7 +197,4 @@ def neighbour_pairs(generated: torch.Tensor, neighbours: torch.Tensor, distances
         axes[1][i].set_title(f"L2 {float(distances[i]):.1f}", fontsize=8)
     axes[0][0].set_title("generated", fontsize=8, loc="left")
     fig.suptitle(title or "generated (top) and its nearest training image (bottom)", fontsize=10)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=150)
-    return fig
+    return save_figure(fig, path)
