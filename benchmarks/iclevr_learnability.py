@@ -12,19 +12,13 @@
 
 Conditioning works when accuracy rises from w = 0 (chance level for this label mix) to w ≥ 1.
 
-    .venv/bin/python benchmarks/iclevr_learnability.py            # ≈ 10 min on 2 CPU cores
+    .venv/bin/python benchmarks/iclevr_learnability.py              # 4,000 steps: ≈ 10–25 min on 2 CPU cores
     .venv/bin/python benchmarks/iclevr_learnability.py --steps 300  # a quicker, weaker check
 
-Measured (2 CPU cores shared with other jobs, torch 2.14). Classifier: 0.963 (181/188) course accuracy on
-96 held-out drawn scenes. Generated images for the same 96 label lists (188 objects), course accuracy:
-
-    budget                                     w = 0    w = 1    w = 2    w = 4
-    default: 1200 steps, batch 32, 334 s       0.080    0.101    0.117    0.149
-    --steps 2400 --budget-minutes 9: 1855 st.  0.090    0.101    0.122    0.138
-
-Chance is ≈ 0.083 (k of 24 objects guessed). Accuracy rises with w in both runs, so the label
-reaches the samples and guidance amplifies it; but after a few CPU minutes a 0.7 M-parameter model
-is far from drawing the requested objects reliably: the absolute numbers say nothing about a full GPU run.
+Results, with machine and date: benchmarks/results/iclevr_learnability.md, and a grid of samples
+(one row per w, the same 8 label lists in each) in results/iclevr_learnability_grid.png.
+Chance is ≈ 0.083 (k of 24 objects guessed at random). The absolute numbers of a minutes-long CPU
+run say nothing about a full GPU run; the rise with w is what shows that conditioning works.
 """
 
 from __future__ import annotations
@@ -39,7 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils import config, diffusion, evaluate, models, training
+from _common import RESULTS, write_result
+
+from utils import config, diffusion, evaluate, models, training, viz
 from utils.data import BatchLoader, ImageSet, encode_labels
 from utils.data.iclevr import draw_scene, object_names, random_label_lists
 
@@ -92,8 +88,8 @@ def diffusion_config(workdir: str, steps: int, budget_minutes: float):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1200, help="diffusion training steps (the fixed budget)")
-    parser.add_argument("--budget-minutes", type=float, default=6.0, help="stop training earlier than --steps on a slow CPU")
+    parser.add_argument("--steps", type=int, default=4000, help="diffusion training steps (the fixed budget)")
+    parser.add_argument("--budget-minutes", type=float, default=30.0, help="stop training earlier than --steps on a slow CPU")
     parser.add_argument("--classifier-steps", type=int, default=300)
     parser.add_argument("--num-samples", type=int, default=96, help="images generated per guidance scale")
     parser.add_argument("--sample-steps", type=int, default=25, help="DDIM steps per image")
@@ -117,14 +113,45 @@ def main():
     print(f"diffusion model: {models.count_parameters(model) / 1e6:.2f} M parameters, {result.step} steps "
           f"in {time.perf_counter() - start:.0f} s, final loss ≈ {np.mean(result.loss_history[-50:]):.4f}")
 
+    train_s = time.perf_counter() - start
+    scales = [0.0, 1.0, 2.0, 4.0]
     start = time.perf_counter()
-    rows = evaluate.guidance_sweep(result.ema_model, schedule, classifier, {"drawn": held_out.labels}, [0.0, 1.0, 2.0, 4.0],
+    rows = evaluate.guidance_sweep(result.ema_model, schedule, classifier, {"drawn": held_out.labels}, scales,
                                    image_shape=(3, SIZE, SIZE), sampler="ddim", num_inference_steps=args.sample_steps,
                                    progress=False)
-    print(f"sampling + scoring {len(rows)} × {args.num_samples} images (DDIM {args.sample_steps}) in "
-          f"{time.perf_counter() - start:.0f} s\ncourse accuracy of generated images by guidance scale w "
-          f"(0 = unconditional, 1 = conditional):")
+    sample_s = time.perf_counter() - start
     print(evaluate.format_sweep(rows))
+
+    shown = held_out.labels[:8]   # one row per w, the same 8 label lists and the same noise
+    grid = torch.cat([diffusion.sample(result.ema_model, schedule, len(shown), (3, SIZE, SIZE), sampler="ddim",
+                                       num_inference_steps=args.sample_steps, labels=shown, guidance_scale=w,
+                                       progress=False).images for w in scales])
+    viz.save_grid(grid, RESULTS / "iclevr_learnability_grid.png", nrow=8, expected=None)
+    real_row = held_out.images[:8].float() / 127.5 - 1
+    viz.save_grid(real_row, RESULTS / "iclevr_learnability_real.png", nrow=8, expected=None)
+    name_of = object_names()  # index in the multi-hot vector → name
+    shown_names = [", ".join(name_of[j] for j in row.nonzero().flatten().tolist()) for row in shown]
+
+    table = "\n".join(f"| w = {r['guidance_scale']:g} | {r['drawn']:.3f} |" for r in rows)
+    write_result("iclevr_learnability", f"""
+Drawn 32×32 scenes of 1–3 flat shapes (24 objects). Classifier: a small CNN with the evaluator's
+sigmoid head, {args.classifier_steps} steps; course accuracy on {len(held_out)} held-out real drawn scenes
+**{real.value:.3f}** ({real.hits}/{real.total}).
+
+Conditional DDPM: {models.count_parameters(model) / 1e6:.2f} M parameters, condition dropout 0.1,
+{result.step} steps of batch {cfg.batch_size} in {train_s:.0f} s ({result.stop_reason}); final loss ≈
+{np.mean(result.loss_history[-50:]):.4f}. Samples: DDIM {args.sample_steps} steps for the same
+{len(held_out)} label lists ({real.total} objects) at each w, scored with `evaluate.accuracy` (course
+protocol); {sample_s:.0f} s in all. Chance ≈ 0.083.
+
+| guidance scale | course accuracy of generated images |
+|---|---|
+{table}
+
+Grid `results/iclevr_learnability_grid.png`: rows w = {", ".join(f"{w:g}" for w in scales)}; columns the
+label lists {" | ".join(shown_names)}. The real drawn scenes for those lists:
+`results/iclevr_learnability_real.png`.
+""")
 
 
 if __name__ == "__main__":
