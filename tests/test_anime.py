@@ -46,6 +46,32 @@ def test_nested_file_without_an_identical_twin_is_kept(tmp_path):
     assert len(files) == 6 and skipped == 3
 
 
+def test_a_stray_image_in_data_dir_does_not_hide_the_real_copy(tmp_path):
+    data.write_anime_fixture(tmp_path / "data", "course", n=5)
+    Image.new("RGB", (64, 64)).save(tmp_path / "data" / "preview.png")
+    assert data.find_anime(tmp_path / "data")[0] == "course"
+    assert len(_load(tmp_path)) == 5
+
+
+def test_a_copy_with_only_the_nested_folder_is_found(tmp_path):
+    root = data.write_anime_fixture(tmp_path / "data", "kaggle", n=4)
+    for png in root.glob("*.png"):
+        png.unlink()
+    assert data.find_anime(tmp_path / "data") == ("kaggle", root)
+    assert len(_load(tmp_path)) == 4
+
+
+def test_a_later_session_prefers_the_largest_cache(tmp_path):
+    import os
+
+    (tmp_path / "cache").mkdir()
+    big, small = tmp_path / "cache" / "anime_64px_big.pt", tmp_path / "cache" / "anime_64px_small.pt"
+    big.write_bytes(b"x" * 1000)
+    small.write_bytes(b"x" * 10)
+    os.utime(big, (1, 1))  # the big one is older: a smoke run wrote the small one later
+    assert anime.find_cache(tmp_path / "cache") == big
+
+
 def test_rgba_png_becomes_its_rgb_pixels(tmp_path):
     root = data.write_anime_fixture(tmp_path / "data", "course", n=4)
     assert Image.open(root / "1.png").mode == "RGBA"

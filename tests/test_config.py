@@ -15,6 +15,14 @@ def test_smoke_switch_selects_the_smoke_preset(monkeypatch, tmp_path):
     assert config.make_config("mnist", workdir=str(tmp_path)).max_steps is None
 
 
+def test_smoke_runs_keep_out_of_the_real_work_dir_even_under_DDPM_WORKDIR(monkeypatch, tmp_path):
+    monkeypatch.setenv("DDPM_WORKDIR", str(tmp_path))
+    monkeypatch.setenv("DDPM_SMOKE", "0")
+    assert config.make_config("mnist").data_dir == str(tmp_path / "data")
+    monkeypatch.setenv("DDPM_SMOKE", "1")
+    assert config.make_config("mnist").data_dir == str(tmp_path / ".smoke" / "data")
+
+
 def test_preset_changes_only_its_own_fields(tmp_path):
     full = config.make_config("mnist", "full", workdir=str(tmp_path))
     cpu = config.make_config("mnist", "cpu", workdir=str(tmp_path))

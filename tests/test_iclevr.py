@@ -4,6 +4,7 @@ import json
 import random
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -121,3 +122,31 @@ def test_missing_objects_json_is_named(fixture_dir, tmp_path):
     (fixture_dir / "objects.json").unlink()
     with pytest.raises(DatasetError, match="objects.json is missing"):
         iclevr.load_iclevr(fixture_dir, tmp_path / "cache")
+
+
+def test_truncated_json_file_is_named(fixture_dir, tmp_path):
+    train = fixture_dir / "train.json"
+    train.write_text(train.read_text()[:40])
+    with pytest.raises(DatasetError, match=r"train.json is not valid JSON"):
+        iclevr.load_iclevr(fixture_dir, tmp_path / "cache")
+
+
+def test_unknown_object_in_train_json_names_the_file(fixture_dir, tmp_path):
+    train = json.loads((fixture_dir / "train.json").read_text())
+    first = next(iter(train))
+    train[first] = ["pink cube"]
+    (fixture_dir / "train.json").write_text(json.dumps(train))
+    with pytest.raises(DatasetError, match=r"train.json does not match .*objects.json.*'pink cube'"):
+        iclevr.load_iclevr(fixture_dir, tmp_path / "cache")
+
+
+def test_alpha_is_dropped_like_the_course_loader_not_composited(fixture_dir, tmp_path):
+    path = sorted((fixture_dir / "iclevr").glob("*.png"))[0]
+    rgba = Image.open(path).convert("RGBA")
+    rgba.putalpha(0)                       # fully transparent: only the color under alpha remains
+    rgba.save(path)
+    images = iclevr.load_iclevr(fixture_dir, tmp_path / "cache", image_size=64).images
+    names = list(json.loads((fixture_dir / "train.json").read_text()))
+    expected = Image.open(path).convert("RGB").resize((64, 64), Image.BILINEAR)
+    actual = images[names.index(path.name)].permute(1, 2, 0).numpy()
+    assert np.array_equal(actual, np.asarray(expected))

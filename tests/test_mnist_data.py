@@ -68,6 +68,40 @@ def test_torchvision_download_path_works_against_a_local_mirror(tmp_path, monkey
     assert data.find_mnist(tmp_path / "data")[0] == "torchvision"
 
 
+def test_an_interrupted_download_is_completed_not_taken_for_mnist(tmp_path, monkeypatch, local_mirror):
+    from torchvision.datasets import MNIST
+
+    folder, url = local_mirror
+    monkeypatch.setattr(MNIST, "mirrors", [url])
+    monkeypatch.setattr(MNIST, "resources", [(name, _md5(folder / name)) for name, _ in MNIST.resources])
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    first = folder / "train-images-idx3-ubyte.gz"
+    (raw / first.name).write_bytes(first.read_bytes()[:100])   # cut off mid-file, the other three never came
+    assert data.find_mnist(tmp_path / "data") is None
+    ds = data.load_mnist(tmp_path / "data", tmp_path / "cache", download=True)
+    assert ds.images.shape == (20, 1, 28, 28)
+
+
+def test_a_partial_copy_without_internet_names_the_missing_files(tmp_path):
+    raw = data.write_mnist_fixture(tmp_path / "data", "torchvision", n_per_digit=1)
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (raw / name).unlink()
+        (raw / f"{name}.gz").unlink()
+    with pytest.raises(data.DatasetError, match="only part of MNIST.*t10k-images-idx3-ubyte"):
+        data.load_mnist(tmp_path / "data", tmp_path / "cache", download=False)
+
+
+def test_a_damaged_gzip_is_reported_and_leaves_no_half_unpacked_file(tmp_path):
+    raw = data.write_mnist_fixture(tmp_path / "data", "torchvision", n_per_digit=1)
+    (raw / "train-images-idx3-ubyte").unlink()
+    gz = raw / "train-images-idx3-ubyte.gz"
+    gz.write_bytes(gz.read_bytes()[:60])
+    with pytest.raises(data.DatasetError, match="damaged.*Delete that folder"):
+        data.load_mnist(tmp_path / "data", tmp_path / "cache", download=False)
+    assert not (raw / "train-images-idx3-ubyte").exists()
+
+
 def test_failed_download_says_where_to_get_mnist(tmp_path, monkeypatch):
     from torchvision.datasets import MNIST
 

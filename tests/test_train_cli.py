@@ -48,11 +48,12 @@ def test_two_cpu_processes_train_the_smoke_config_and_write_the_notebook_outputs
     assert run.returncode == 0, run.stderr[-3000:]
     assert "2 process(es)" in run.stdout
 
-    ckpt = torch.load(tmp_path / "checkpoints" / "mnist" / "last.pt", weights_only=True)
+    work = tmp_path / ".smoke"  # smoke runs stay apart from real data, even under DDPM_WORKDIR
+    ckpt = torch.load(work / "checkpoints" / "mnist" / "last.pt", weights_only=True)
     assert ckpt["step"] == 6 and len(ckpt["loss_history"]) == 6  # one mean loss per step, not per process
     assert torch.isfinite(ckpt["loss_history"]).all()
     first, second = ckpt["rng_ranks"]
     assert not torch.equal(first["torch"], second["torch"])  # each process drew its own noise
     for name in ("result_mnist.jpg", "loss_mnist.jpg", "mnist.gif"):
-        with Image.open(tmp_path / "outputs" / "mnist" / name) as image:
+        with Image.open(work / "outputs" / "mnist" / name) as image:
             image.load()

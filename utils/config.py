@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -36,11 +36,11 @@ def smoke_mode() -> bool:
 def default_workdir() -> Path:
     """Where data, caches, checkpoints and outputs live unless a config says otherwise.
 
-    ``DDPM_WORKDIR`` wins; smoke runs go to ``.smoke/`` so they never touch real results.
+    ``DDPM_WORKDIR`` (the Colab setup cell points it at Drive), else this bundle's folder. Smoke
+    runs use its ``.smoke/`` sub-folder, so their fixtures and caches never mix with real data.
     """
-    if os.environ.get("DDPM_WORKDIR"):
-        return Path(os.environ["DDPM_WORKDIR"]).expanduser()
-    return BUNDLE_ROOT / (".smoke" if smoke_mode() else "")
+    base = Path(os.environ["DDPM_WORKDIR"]).expanduser() if os.environ.get("DDPM_WORKDIR") else BUNDLE_ROOT
+    return base / ".smoke" if smoke_mode() else base
 
 
 def pick_device() -> torch.device:

@@ -30,10 +30,10 @@ from .common import DatasetError, ImageSet, cache_path, decode_images, list_imag
 
 # Where each known layout keeps its images, relative to the folder searched.
 LAYOUTS = {
-    "folder": Path("."),
     "course": Path("anime_face_dataset/data"),
     "kaggle": Path("data"),
     "huggingface": Path("images"),
+    "folder": Path("."),  # last: a stray image in data_dir must not hide a real copy
 }
 # Sub-folders of the download folder that each download helper writes into.
 DOWNLOAD_FOLDERS = {"huggingface": "anime-faces-hf", "gdown": "anime-faces-gdown"}
@@ -54,7 +54,7 @@ def find_anime(data_dir: str | Path) -> tuple[str, Path] | None:
     for base in bases:
         for name, rel in LAYOUTS.items():
             root = base / rel
-            if root.is_dir() and list_images(root):
+            if root.is_dir() and (list_images(root) or list_images(root / NESTED_COPY)):  # or only the nested copy
                 return name, root
     return None
 
@@ -98,8 +98,8 @@ def _load_folder(layout: str, root: Path, cache_dir: Path, image_size: int, prog
 
 
 def find_cache(cache_dir: str | Path, image_size: int = 64) -> Path | None:
-    """The newest decoded Anime Faces cache in ``cache_dir`` (from any earlier session), or None."""
-    found = sorted(Path(cache_dir).glob(f"anime_{image_size}px_*.pt"), key=lambda p: p.stat().st_mtime)
+    """The largest (most faces), then newest, decoded Anime Faces cache in ``cache_dir``, or None."""
+    found = sorted(Path(cache_dir).glob(f"anime_{image_size}px_*.pt"), key=lambda p: (p.stat().st_size, p.stat().st_mtime))
     return found[-1] if found else None
 
 

