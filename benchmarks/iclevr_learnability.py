@@ -12,7 +12,7 @@
 
 Conditioning works when accuracy rises from w = 0 (chance level for this label mix) to w ≥ 1.
 
-    .venv/bin/python benchmarks/iclevr_learnability.py              # 4,000 steps: ≈ 10–25 min on 2 CPU cores
+    .venv/bin/python benchmarks/iclevr_learnability.py              # 8,000 steps + DDPM-1000 sampling: ≈ 30–60 min on 2 CPU cores
     .venv/bin/python benchmarks/iclevr_learnability.py --steps 300  # a quicker, weaker check
 
 Results, with machine and date: benchmarks/results/iclevr_learnability.md, and a grid of samples
@@ -24,9 +24,11 @@ run say nothing about a full GPU run; the rise with w is what shows that conditi
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -77,22 +79,25 @@ def train_classifier(train: ImageSet, steps: int, seed: int = 0) -> nn.Module:
     return net.eval()
 
 
-def diffusion_config(workdir: str, steps: int, budget_minutes: float):
+def diffusion_config(workdir: str, steps: int, budget_minutes: float, batch_size: int):
     """A small 32×32 conditional U-Net and a short, high-learning-rate schedule."""
     return config.make_config(
         "iclevr", "full", image_size=SIZE, block_out_channels=(16, 32, 64), attention_levels=(False, False, True),
-        layers_per_block=1, norm_num_groups=8, batch_size=32, max_steps=steps, learning_rate=2e-3,
+        layers_per_block=1, norm_num_groups=8, batch_size=batch_size, max_steps=steps, learning_rate=2e-3,
         warmup_steps=50, ema_decay=0.99, mixed_precision="no", log_every=50, checkpoint_every=10**9,
-        preview_every=0, time_budget_minutes=budget_minutes, resume=False, workdir=workdir)
+        preview_every=0, time_budget_minutes=budget_minutes, workdir=workdir)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=4000, help="diffusion training steps (the fixed budget)")
-    parser.add_argument("--budget-minutes", type=float, default=30.0, help="stop training earlier than --steps on a slow CPU")
+    parser.add_argument("--steps", type=int, default=8000, help="diffusion training steps (the fixed budget)")
+    parser.add_argument("--budget-minutes", type=float, default=45.0, help="stop training earlier than --steps on a slow CPU")
     parser.add_argument("--classifier-steps", type=int, default=300)
     parser.add_argument("--num-samples", type=int, default=96, help="images generated per guidance scale")
-    parser.add_argument("--sample-steps", type=int, default=25, help="DDIM steps per image")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--sample-steps", type=int, default=50, help="DDIM steps per image (DDPM always takes 1000)")
+    parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "ddpm-iclevr-learnability"),
+                        help="checkpoint folder: a second run with the same settings only samples again")
     args = parser.parse_args()
     config.seed_everything(0)
 
@@ -103,54 +108,58 @@ def main():
     print(f"classifier: {args.classifier_steps} steps in {time.perf_counter() - start:.0f} s; "
           f"course accuracy on {len(held_out)} held-out drawn scenes: {real.value:.3f} ({real.hits}/{real.total})")
 
-    with tempfile.TemporaryDirectory() as workdir:
-        cfg = diffusion_config(workdir, args.steps, args.budget_minutes)
-        schedule = diffusion.schedule_from_config(cfg)
-        model = models.build_model(cfg)
-        start = time.perf_counter()
-        result = training.train(model, diffusion.make_loss_fn(schedule, conditional=True, cond_drop_prob=0.1),
-                                BatchLoader(train, cfg.batch_size, seed=cfg.seed), cfg, progress=False)
-    print(f"diffusion model: {models.count_parameters(model) / 1e6:.2f} M parameters, {result.step} steps "
-          f"in {time.perf_counter() - start:.0f} s, final loss ≈ {np.mean(result.loss_history[-50:]):.4f}")
-
-    train_s = time.perf_counter() - start
-    scales = [0.0, 1.0, 2.0, 4.0]
+    cfg = diffusion_config(args.workdir, args.steps, args.budget_minutes, args.batch_size)
+    schedule = diffusion.schedule_from_config(cfg)
+    model = models.build_model(cfg)
+    timing = Path(cfg.checkpoint_dir) / "train_seconds.json"  # survives a rerun that only samples
     start = time.perf_counter()
-    rows = evaluate.guidance_sweep(result.ema_model, schedule, classifier, {"drawn": held_out.labels}, scales,
-                                   image_shape=(3, SIZE, SIZE), sampler="ddim", num_inference_steps=args.sample_steps,
-                                   progress=False)
-    sample_s = time.perf_counter() - start
-    print(evaluate.format_sweep(rows))
+    result = training.train(model, diffusion.make_loss_fn(schedule, conditional=True, cond_drop_prob=0.1),
+                            BatchLoader(train, cfg.batch_size, seed=cfg.seed), cfg, progress=False)
+    if result.stop_reason != "already done" or not timing.exists():
+        timing.write_text(json.dumps(time.perf_counter() - start))
+    train_s = json.loads(timing.read_text())
+    print(f"diffusion model: {models.count_parameters(model) / 1e6:.2f} M parameters, {result.step} steps "
+          f"in {train_s:.0f} s, final loss ≈ {np.mean(result.loss_history[-50:]):.4f}")
 
-    shown = held_out.labels[:8]   # one row per w, the same 8 label lists and the same noise
-    grid = torch.cat([diffusion.sample(result.ema_model, schedule, len(shown), (3, SIZE, SIZE), sampler="ddim",
-                                       num_inference_steps=args.sample_steps, labels=shown, guidance_scale=w,
-                                       progress=False).images for w in scales])
-    viz.save_grid(grid, RESULTS / "iclevr_learnability_grid.png", nrow=8, expected=None)
+    scales = [0.0, 1.0, 2.0, 4.0]
+    shown = held_out.labels[:8]   # grid: one row per w, the same 8 label lists and the same noise
+    sweeps, seconds = {}, {}
+    for sampler, steps in (("ddim", args.sample_steps), ("ddpm", cfg.num_train_timesteps)):
+        start = time.perf_counter()
+        sweeps[sampler] = evaluate.guidance_sweep(result.ema_model, schedule, classifier, {"drawn": held_out.labels},
+                                                  scales, image_shape=(3, SIZE, SIZE), sampler=sampler,
+                                                  num_inference_steps=steps, progress=False)
+        seconds[sampler] = time.perf_counter() - start
+        print(f"{sampler} {steps} steps, {seconds[sampler]:.0f} s\n{evaluate.format_sweep(sweeps[sampler])}")
+        grid = torch.cat([diffusion.sample(result.ema_model, schedule, len(shown), (3, SIZE, SIZE), sampler=sampler,
+                                           num_inference_steps=steps, labels=shown, guidance_scale=w,
+                                           progress=False).images for w in scales])
+        viz.save_grid(grid, RESULTS / f"iclevr_learnability_grid_{sampler}.png", nrow=8, expected=None)
     real_row = held_out.images[:8].float() / 127.5 - 1
     viz.save_grid(real_row, RESULTS / "iclevr_learnability_real.png", nrow=8, expected=None)
     name_of = object_names()  # index in the multi-hot vector → name
     shown_names = [", ".join(name_of[j] for j in row.nonzero().flatten().tolist()) for row in shown]
 
-    table = "\n".join(f"| w = {r['guidance_scale']:g} | {r['drawn']:.3f} |" for r in rows)
+    table = "\n".join(f"| w = {a['guidance_scale']:g} | {a['drawn']:.3f} | {b['drawn']:.3f} |"
+                      for a, b in zip(sweeps["ddim"], sweeps["ddpm"]))
     write_result("iclevr_learnability", f"""
 Drawn 32×32 scenes of 1–3 flat shapes (24 objects). Classifier: a small CNN with the evaluator's
 sigmoid head, {args.classifier_steps} steps; course accuracy on {len(held_out)} held-out real drawn scenes
 **{real.value:.3f}** ({real.hits}/{real.total}).
 
 Conditional DDPM: {models.count_parameters(model) / 1e6:.2f} M parameters, condition dropout 0.1,
-{result.step} steps of batch {cfg.batch_size} in {train_s:.0f} s ({result.stop_reason}); final loss ≈
-{np.mean(result.loss_history[-50:]):.4f}. Samples: DDIM {args.sample_steps} steps for the same
-{len(held_out)} label lists ({real.total} objects) at each w, scored with `evaluate.accuracy` (course
-protocol); {sample_s:.0f} s in all. Chance ≈ 0.083.
+{result.step} steps of batch {cfg.batch_size} in {train_s:.0f} s; final loss ≈
+{np.mean(result.loss_history[-50:]):.4f}. For each w, one image per label list of the same
+{len(held_out)} held-out lists ({real.total} objects), scored with `evaluate.accuracy` (course
+protocol). Chance ≈ 0.083.
 
-| guidance scale | course accuracy of generated images |
-|---|---|
+| guidance scale | course accuracy, DDIM {args.sample_steps} steps ({seconds["ddim"]:.0f} s) | course accuracy, DDPM 1000 steps ({seconds["ddpm"]:.0f} s) |
+|---|---|---|
 {table}
 
-Grid `results/iclevr_learnability_grid.png`: rows w = {", ".join(f"{w:g}" for w in scales)}; columns the
-label lists {" | ".join(shown_names)}. The real drawn scenes for those lists:
-`results/iclevr_learnability_real.png`.
+Grids `results/iclevr_learnability_grid_ddim.png`, `results/iclevr_learnability_grid_ddpm.png`: rows
+w = {", ".join(f"{w:g}" for w in scales)}; columns the label lists {" | ".join(shown_names)}. The real
+drawn scenes for those lists: `results/iclevr_learnability_real.png`.
 """)
 
 
