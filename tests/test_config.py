@@ -86,3 +86,18 @@ def test_seeding_repeats_random_draws():
     a = torch.randn(3)
     config.seed_everything(5)
     assert torch.equal(a, torch.randn(3))
+
+
+def test_the_bundle_version_agrees_in_pyproject_utils_and_every_notebook():
+    import json
+    import re
+    import tomllib
+    from pathlib import Path
+
+    import utils
+
+    root = Path(__file__).resolve().parent.parent
+    assert tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"] == utils.__version__
+    for notebook in sorted((root / "notebooks").glob("*.ipynb")):
+        setup = "".join(json.loads(notebook.read_text())["cells"][1]["source"])
+        assert re.search(r'BUNDLE_VERSION = "([^"]+)"', setup).group(1) == utils.__version__, notebook.name
