@@ -156,7 +156,7 @@ class DDPMConfig(_Folders):
     seed: int = 0                          # seeds data order, noise and sampling
     # --- sampling
     sampler: str = "ddpm"                  # final samples: "ddpm" (Algorithm 2), "ddim" or "dpm"
-    num_inference_steps: int = 1000        # steps for the final sampler (ddpm always uses T)
+    num_inference_steps: int = 50          # steps of a fast final sampler (ddim/dpm); ddpm always takes all T
     preview_sampler: str = "ddim"          # fast sampler for previews
     preview_steps: int = 50                # steps for previews
     clip_sample: bool = True               # clamp the predicted x0 to [-1, 1] while sampling
@@ -216,7 +216,7 @@ class MNISTConfig(DDPMConfig):
         "smoke": dict(block_out_channels=(8, 16), attention_levels=(False, True), layers_per_block=1,
                       norm_num_groups=4, num_train_timesteps=50, batch_size=16, max_steps=6,
                       warmup_steps=2, log_every=2, checkpoint_every=4, preview_every=3,
-                      preview_steps=5, num_inference_steps=50, gif_frames=6),
+                      preview_steps=5, gif_frames=6),
     }
 
 
