@@ -12,7 +12,7 @@
 
 Conditioning works when accuracy rises from w = 0 (chance level for this label mix) to w ≥ 1.
 
-    .venv/bin/python benchmarks/iclevr_learnability.py              # 8,000 steps + DDPM-1000 sampling: ≈ 30–60 min on 2 CPU cores
+    .venv/bin/python benchmarks/iclevr_learnability.py              # 8,000 steps + DDPM-1000 sampling: ≈ 40 min on 2 CPU cores
     .venv/bin/python benchmarks/iclevr_learnability.py --steps 300  # a quicker, weaker check
 
 Results, with machine and date: benchmarks/results/iclevr_learnability.md, and a grid of samples
