@@ -99,7 +99,7 @@ def test_a_damaged_gzip_is_reported_and_leaves_no_half_unpacked_file(tmp_path):
     gz.write_bytes(gz.read_bytes()[:60])
     with pytest.raises(data.DatasetError, match="damaged.*Delete that folder"):
         data.load_mnist(tmp_path / "data", tmp_path / "cache", download=False)
-    assert not (raw / "train-images-idx3-ubyte").exists()
+    assert not (raw / "train-images-idx3-ubyte").exists() and not list(raw.glob("*.part"))
 
 
 def test_failed_download_says_where_to_get_mnist(tmp_path, monkeypatch):

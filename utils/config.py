@@ -412,7 +412,6 @@ class CompareConfig(_Folders):
         self.output_dir = self.output_dir or str(work / "outputs" / self.name)
 
 
-
 CONFIGS: dict[str, type] = {"mnist": MNISTConfig, "anime": AnimeConfig, "iclevr": ICLEVRConfig,
                            "dcgan_mnist": DCGANConfig, "dcgan_anime": DCGANAnimeConfig, "compare": CompareConfig}
 

@@ -96,9 +96,12 @@ def _load_torchvision(data_dir: Path, image_size: int, download: bool) -> ImageS
     for name in TORCHVISION_FILES:  # gzipped files only (copied by hand): unpack them as torchvision would
         if not download and not (raw / name).is_file() and (raw / f"{name}.gz").is_file():
             part = raw / f"{name}.part"  # a truncated .gz must not leave a half-written file behind
-            with gzip.open(raw / f"{name}.gz", "rb") as src, open(part, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            part.replace(raw / name)
+            try:
+                with gzip.open(raw / f"{name}.gz", "rb") as src, open(part, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                part.replace(raw / name)
+            finally:
+                part.unlink(missing_ok=True)
     ds = MNIST(str(data_dir), train=True, download=download)
     images = ds.data.unsqueeze(1).contiguous()  # (N, 1, 28, 28) uint8
     if image_size != 28:
