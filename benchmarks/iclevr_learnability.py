@@ -15,8 +15,8 @@ Conditioning works when accuracy rises from w = 0 (chance level for this label m
     .venv/bin/python benchmarks/iclevr_learnability.py              # 8,000 steps + DDPM-1000 sampling: ≈ 40 min on 2 CPU cores
     .venv/bin/python benchmarks/iclevr_learnability.py --steps 300  # a quicker, weaker check
 
-Results, with machine and date: benchmarks/results/iclevr_learnability.md, and a grid of samples
-(one row per w, the same 8 label lists in each) in results/iclevr_learnability_grid.png.
+Results, with machine and date: benchmarks/results/iclevr_learnability.md, and grids of samples
+(one row per w, the same 8 label lists in each) in results/iclevr_learnability_grid_{ddim,ddpm}.png.
 Chance is ≈ 0.083 (k of 24 objects guessed at random). The absolute numbers of a minutes-long CPU
 run say nothing about a full GPU run; the rise with w is what shows that conditioning works.
 """
