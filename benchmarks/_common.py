@@ -1,9 +1,11 @@
-"""Small helpers the benchmark scripts share: machine description and result files."""
+"""Small helpers the benchmark scripts share: machine description, result files, timed training."""
 
 from __future__ import annotations
 
 import datetime
+import json
 import os
+import time
 import platform
 import sys
 from pathlib import Path
@@ -38,3 +40,16 @@ def write_result(name: str, markdown: str) -> Path:
     path = RESULTS / f"{name}.md"
     path.write_text(text)
     return path
+
+
+def train_timed(model, loss_fn, loader, cfg, **kwargs):
+    """``training.train`` and its wall time in seconds. The time is kept next to the checkpoint, so
+    a rerun that only samples again (the run is already done) still reports the training time."""
+    from utils import training
+
+    timing = Path(cfg.checkpoint_dir) / "train_seconds.json"
+    start = time.perf_counter()
+    result = training.train(model, loss_fn, loader, cfg, **kwargs)
+    if result.stop_reason != "already done" or not timing.exists():
+        timing.write_text(json.dumps(time.perf_counter() - start))
+    return result, json.loads(timing.read_text())

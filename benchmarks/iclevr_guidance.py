@@ -7,8 +7,9 @@
    steps) against DDIM with 50 steps, both timed end to end (``--ddpm-steps-timed 20`` instead
    runs 20 DDPM steps and extrapolates, labelled as such).
 
-The U-Net is a small 64×64 conditional one (widths 16-32-64-64) so the script fits in a few CPU
-minutes; the course model (64-128-256-256) is far heavier, but the ratios are what matter.
+The U-Net is a small 64×64 conditional one (widths 16-32-64-64) so the script takes about 13 CPU
+minutes (most of it DDPM's 1000 steps); the course model (64-128-256-256) is far heavier, but the
+ratios are what matter.
 
     .venv/bin/python benchmarks/iclevr_guidance.py
 

@@ -24,7 +24,6 @@ run say nothing about a full GPU run; the rise with w is what shows that conditi
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import tempfile
 import time
@@ -35,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _common import RESULTS, write_result
+from _common import RESULTS, train_timed, write_result
 
-from utils import config, diffusion, evaluate, models, training, viz
+from utils import config, diffusion, evaluate, models, viz
 from utils.data import BatchLoader, ImageSet, encode_labels
 from utils.data.iclevr import draw_scene, object_names, random_label_lists
 
@@ -111,13 +110,8 @@ def main():
     cfg = diffusion_config(args.workdir, args.steps, args.budget_minutes, args.batch_size)
     schedule = diffusion.schedule_from_config(cfg)
     model = models.build_model(cfg)
-    timing = Path(cfg.checkpoint_dir) / "train_seconds.json"  # survives a rerun that only samples
-    start = time.perf_counter()
-    result = training.train(model, diffusion.make_loss_fn(schedule, conditional=True, cond_drop_prob=0.1),
-                            BatchLoader(train, cfg.batch_size, seed=cfg.seed), cfg, progress=False)
-    if result.stop_reason != "already done" or not timing.exists():
-        timing.write_text(json.dumps(time.perf_counter() - start))
-    train_s = json.loads(timing.read_text())
+    result, train_s = train_timed(model, diffusion.make_loss_fn(schedule, conditional=True, cond_drop_prob=0.1),
+                                  BatchLoader(train, cfg.batch_size, seed=cfg.seed), cfg, progress=False)
     print(f"diffusion model: {models.count_parameters(model) / 1e6:.2f} M parameters, {result.step} steps "
           f"in {train_s:.0f} s, final loss ≈ {np.mean(result.loss_history[-50:]):.4f}")
 

@@ -13,16 +13,15 @@ appear (a collapse onto a few classes would show in the histogram).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from _common import RESULTS, write_result
+from _common import RESULTS, train_timed, write_result
 from torch import nn
 
-from utils import config, data, diffusion, models, training, viz
+from utils import config, data, diffusion, models, viz
 
 CONFIDENT = 0.9
 
@@ -77,12 +76,7 @@ def main():
     config.seed_everything(cfg.seed)
     loader = data.BatchLoader(digits, cfg.batch_size, seed=cfg.seed, device=config.pick_device())
     schedule = diffusion.schedule_from_config(cfg)
-    timing = Path(cfg.checkpoint_dir) / "train_seconds.json"  # survives a rerun that only samples
-    start = time.perf_counter()
-    result = training.train(models.build_model(cfg), diffusion.make_loss_fn(schedule), loader, cfg)
-    if result.stop_reason != "already done" or not timing.exists():
-        timing.write_text(json.dumps(time.perf_counter() - start))
-    train_s = json.loads(timing.read_text())
+    result, train_s = train_timed(models.build_model(cfg), diffusion.make_loss_fn(schedule), loader, cfg)
 
     rows = []
     for sampler, steps in (("ddim", 100), ("ddpm", cfg.num_train_timesteps)):

