@@ -39,6 +39,8 @@ def test_two_cpu_processes_train_the_smoke_config_and_write_the_notebook_outputs
     # `accelerate launch --cpu --num_processes 2` starts one process unless MPI is set up; the
     # torchrun-based multi-process launcher with ACCELERATE_USE_CPU=1 gives 2 processes on gloo.
     env = dict(os.environ, ACCELERATE_USE_CPU="1", DDPM_WORKDIR=str(tmp_path), OMP_NUM_THREADS="1")
+    for name in ("DDPM_DEVICE", "ACCELERATE_TORCH_DEVICE"):  # two CPU processes over gloo, not the stand-in
+        env.pop(name, None)
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(_free_port()),

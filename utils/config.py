@@ -17,6 +17,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from .devices import PRECISIONS, pick_device, resolve_mixed_precision  # noqa: F401  (config.pick_device in notebooks)
+
 BUNDLE_ROOT = Path(__file__).resolve().parent.parent
 
 # Fields that define the network and the noise schedule: a checkpoint trained with other
@@ -43,25 +45,6 @@ def default_workdir() -> Path:
     return base / ".smoke" if smoke_mode() else base
 
 
-def pick_device() -> torch.device:
-    """cuda → mps → cpu, whichever this machine has first."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def resolve_mixed_precision(setting: str, device: torch.device | None = None) -> str:
-    """``"auto"`` → bf16 where the GPU supports it, fp16 on other CUDA GPUs (a T4), else no."""
-    if setting != "auto":
-        return setting
-    device = device or pick_device()
-    if device.type != "cuda":
-        return "no"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
 def describe_runtime() -> str:
     """Device, memory and library versions, and what to do when no GPU is attached."""
     import platform
@@ -78,7 +61,8 @@ def describe_runtime() -> str:
              f"accelerate {accelerate.__version__}"]
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(0)
-        lines.append(f"GPU: {props.name}, {props.total_memory / 2**30:.1f} GB")
+        lines.append(f"GPU: {props.name}, {props.total_memory / 2**30:.1f} GB, compute capability "
+                     f"{props.major}.{props.minor}: mixed precision 'auto' = {resolve_mixed_precision('auto', device)}")
     elif device.type == "mps":
         lines.append("GPU: Apple MPS")
     else:
@@ -185,6 +169,8 @@ class DDPMConfig(_Folders):
                              f"block_out_channels={self.block_out_channels} (not {bad}).")
         if self.beta_schedule not in ("linear", "squaredcos_cap_v2"):
             raise ValueError(f"beta_schedule={self.beta_schedule!r}: use 'linear' or 'squaredcos_cap_v2'.")
+        if self.mixed_precision not in PRECISIONS:
+            raise ValueError(f"mixed_precision={self.mixed_precision!r}: use one of {PRECISIONS}.")
         for sampler in (self.sampler, self.preview_sampler):
             if sampler not in ("ddpm", "ddim", "dpm"):
                 raise ValueError(f"sampler {sampler!r}: use 'ddpm', 'ddim' or 'dpm'.")

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .devices import autocast, model_device, model_dtype
+
 SAMPLERS = ("ddpm", "ddim", "dpm")
 
 
@@ -82,7 +84,12 @@ def q_sample(x0: torch.Tensor, timesteps: torch.Tensor, noise: torch.Tensor,
 
 def predict_noise(model, xt: torch.Tensor, timesteps: torch.Tensor, labels=None,
                   drop_labels=None) -> torch.Tensor:
-    """ε_θ(x_t, t[, y]) from a diffusers ``UNet2DModel`` or a conditional wrapper."""
+    """ε_θ(x_t, t[, y]) from a diffusers ``UNet2DModel`` or a conditional wrapper, on the model's device.
+
+    xt: (B, C, H, W); timesteps: (B,); labels: (B, K) or None; drop_labels: (B,) bool or None.
+    """
+    device = model_device(model) or xt.device
+    xt, timesteps = xt.to(device), timesteps.to(device)
     if labels is None:
         out = model(xt, timesteps)
     else:
@@ -100,8 +107,12 @@ def diffusion_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, labels=None
     With ``labels`` each sample's condition is dropped with probability ``cond_drop_prob``
     (replaced by the learned null label), which trains the unconditional model that
     classifier-free guidance needs (Ho & Salimans 2022).
-    x0: (B, C, H, W) in [-1, 1]; labels: (B, K) or None. Returns a scalar.
+    x0: (B, C, H, W) in [-1, 1]; labels: (B, K) or None; both are moved to the model's device.
+    Returns a scalar.
     """
+    device = model_device(model) or x0.device
+    x0 = x0.to(device)
+    labels = labels.to(device) if labels is not None else None
     B = x0.shape[0]
     timesteps = torch.randint(0, schedule.num_train_timesteps, (B,), device=x0.device)  # (B,)
     noise = torch.randn_like(x0)                                                       # ε
@@ -145,7 +156,7 @@ def ddpm_step(eps: torch.Tensor, t: int, xt: torch.Tensor, schedule: NoiseSchedu
     if t == 0:
         return mean
     variance = (1 - abar_prev) / (1 - abar) * beta                                      # β̃_t
-    z = torch.randn(xt.shape, generator=generator, device=xt.device, dtype=xt.dtype)
+    z = _randn(xt.shape, generator, xt.device, xt.dtype)
     return mean + variance.clamp(min=1e-20).sqrt() * z
 
 
@@ -175,17 +186,23 @@ def guided_noise(model, xt: torch.Tensor, t: torch.Tensor, labels: torch.Tensor 
 
     w = ``guidance_scale``: w = 1 is plain conditional sampling, w = 0 unconditional, w > 1
     trades diversity for fidelity to the labels. Conditional and unconditional halves run as
-    one batch of 2B. xt: (B, C, H, W); labels: (B, K) or None.
+    one batch of 2B. xt: (B, C, H, W); labels: (B, K) or None. Returns float32 (B, C, H, W).
     """
     B = xt.shape[0]
     if labels is None:
-        return predict_noise(model, xt, t.expand(B))
+        return predict_noise(model, xt, t.expand(B)).float()
     if guidance_scale == 1.0:
-        return predict_noise(model, xt, t.expand(B), labels)
+        return predict_noise(model, xt, t.expand(B), labels).float()
     drop = torch.arange(2 * B, device=xt.device) >= B                          # second half: null label
     eps = predict_noise(model, torch.cat([xt, xt]), t.expand(2 * B), torch.cat([labels, labels]), drop)
-    eps_cond, eps_uncond = eps.chunk(2)
+    eps_cond, eps_uncond = eps.float().chunk(2)      # the mix in float32, also when the network ran in fp16/bf16
     return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+
+
+def _randn(shape, generator: torch.Generator | None, device, dtype) -> torch.Tensor:
+    """N(0, I) drawn on the CPU (with ``generator``) and moved to ``device``: a seed gives the same
+    noise on every device, and the generator never has to live where the model does."""
+    return torch.randn(shape, generator=generator, dtype=torch.float32).to(device, dtype)
 
 
 @dataclass
@@ -203,19 +220,24 @@ class SampleResult:
 def sample(model, schedule: NoiseSchedule, num_images: int, image_shape: tuple[int, int, int], *,
            sampler: str = "ddpm", num_inference_steps: int | None = None, labels=None,
            guidance_scale: float = 1.0, seed: int | None = 0, num_frames: int = 0,
-           clip_sample: bool = True, device=None, progress: bool = True) -> SampleResult:
+           clip_sample: bool = True, mixed_precision: str = "auto", progress: bool = True) -> SampleResult:
     """Generate ``num_images`` images of ``image_shape`` (C, H, W), starting from x_T ~ N(0, I).
 
     "ddpm" is Algorithm 2 with all T steps (``ddpm_step``); "ddim" and "dpm" use diffusers
     schedulers with ``num_inference_steps`` (e.g. 50). The loop reads: predict noise; step.
     ``labels``: (B, K) multi-hot for a conditional model, with ``guidance_scale`` w (see
     ``guided_noise``). ``num_frames`` > 0 keeps that many evenly spaced snapshots for a GIF.
+
+    Runs on the model's device. The network runs under ``mixed_precision`` ("auto": fp16/bf16 on
+    CUDA by the precision rule of ``utils.devices``, fp32 elsewhere); x_t and each step stay float32.
+    The noise comes from a CPU generator seeded with ``seed``, so a seed means the same noise on
+    every device.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler={sampler!r}: use one of {SAMPLERS}.")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    generator = torch.Generator(device)
+    device = model_device(model) or torch.device("cpu")
+    dtype = model_dtype(model)
+    generator = torch.Generator()
     if seed is not None:
         generator.manual_seed(seed)
     else:
@@ -233,14 +255,15 @@ def sample(model, schedule: NoiseSchedule, num_images: int, image_shape: tuple[i
         timesteps = [int(t) for t in scheduler.timesteps]
         step = lambda eps, t, x: scheduler.step(eps, t, x, generator=generator).prev_sample
 
-    x = torch.randn((num_images, *image_shape), generator=generator, device=device, dtype=dtype)  # x_T
+    x = _randn((num_images, *image_shape), generator, device, dtype)                          # x_T
     t_all = torch.tensor(timesteps, device=device)  # (N,), copied once: no host → device transfer per step
     keep = _frame_indices(len(timesteps), num_frames)
     frames, frame_t = ([x.clone()], [schedule.num_train_timesteps]) if num_frames else ([], [])
     model.eval()
     for i, t in enumerate(tqdm(timesteps, desc=f"sampling ({sampler})", disable=not progress, leave=False)):
-        eps = guided_noise(model, x, t_all[i:i + 1], labels, guidance_scale)                   # predict noise
-        x = step(eps, t, x)                                                                    # step
+        with autocast(device, mixed_precision):
+            eps = guided_noise(model, x, t_all[i:i + 1], labels, guidance_scale)               # predict noise
+        x = step(eps.to(x.dtype), t, x)                                                        # step
         if i in keep:
             frames.append(x.clone())
             frame_t.append(t)

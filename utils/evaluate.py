@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from . import diffusion, viz
 from .data import to_model, to_unit
+from .devices import model_device
 from .io import atomic_save
 
 EVALUATOR_FILE = "checkpoint.pth"
@@ -133,7 +134,7 @@ def accuracy(evaluator: nn.Module, images: torch.Tensor, labels: torch.Tensor, *
     if low < -1.01 or high > 1.01:
         raise ValueError(f"images should be in [-1, 1] (model space); found [{low:.2f}, {high:.2f}]. "
                          "Clamp them, or convert with utils.data.to_model.")
-    device = next(evaluator.parameters()).device
+    device = model_device(evaluator)          # fp32, as the course's evaluator runs: its numbers stay comparable
     scores = torch.cat([evaluator(images[i:i + batch_size].to(device, torch.float32)).cpu()
                         for i in range(0, len(images), batch_size)])   # (N, 24) in (0, 1)
     return count_hits(scores, labels)
@@ -161,7 +162,7 @@ def save_accuracy(results: dict[str, Accuracy], path: str | Path, **settings) ->
 def guidance_sweep(model, schedule: diffusion.NoiseSchedule, evaluator: nn.Module,
                    label_sets: dict[str, torch.Tensor], guidance_scales, *, image_shape: tuple[int, int, int],
                    sampler: str = "ddim", num_inference_steps: int = 50, seed: int = 0,
-                   clip_sample: bool = True, progress: bool = True) -> list[dict]:
+                   clip_sample: bool = True, mixed_precision: str = "auto", progress: bool = True) -> list[dict]:
     """Course accuracy of each label set at each guidance scale w; one row per w.
 
     Classifier-free guidance: ε = ε_uncond + w · (ε_cond − ε_uncond); w = 0 is unconditional,
@@ -175,7 +176,7 @@ def guidance_sweep(model, schedule: diffusion.NoiseSchedule, evaluator: nn.Modul
             images = diffusion.sample(model, schedule, len(labels), image_shape, sampler=sampler,
                                       num_inference_steps=num_inference_steps, labels=labels,
                                       guidance_scale=float(w), seed=seed, clip_sample=clip_sample,
-                                      progress=False).images
+                                      mixed_precision=mixed_precision, progress=False).images
             row[name] = accuracy(evaluator, as_saved(images), labels).value
         rows.append(row)
     return rows
@@ -305,9 +306,10 @@ def pick_real(images: torch.Tensor, num: int, *, seed: int = 0) -> torch.Tensor:
 
 @torch.inference_mode()
 def extract_features(images: torch.Tensor, extractor: nn.Module, *, batch_size: int = 250,
-                     device=None, progress: bool = True) -> torch.Tensor:
-    """Features (N, D) float64 on the CPU of images (N, C, H, W), uint8 or in [-1, 1], through ``extractor``."""
-    device = torch.device(device) if device is not None else next(extractor.parameters()).device
+                     progress: bool = True) -> torch.Tensor:
+    """Features (N, D) float64 on the CPU of images (N, C, H, W), uint8 or in [-1, 1], through ``extractor``
+    on its device, in fp32 (FID's features are defined in fp32)."""
+    device = model_device(extractor)
     out = [extractor(to_uint8_rgb(images[i:i + batch_size]).to(device)).double().cpu()
            for i in tqdm(range(0, len(images), batch_size), desc="features", disable=not progress, leave=False)]
     return torch.cat(out)
@@ -400,17 +402,18 @@ def nearest_neighbours(generated: torch.Tensor, train: torch.Tensor, *, chunk: i
     """For each generated image, its nearest training image by L2 distance in pixel space.
 
     generated: (N, C, H, W) in [-1, 1]; train: uint8 (M, C, H, W). Returns (distances (N,), indices (N,)),
-    distances in [-1, 1] units. A distance near 0 means the model reproduced a training image.
+    distances in [-1, 1] units, on the CPU. A distance near 0 means the model reproduced a training image.
+    Runs where ``generated`` is (the training images are moved there chunk by chunk).
     """
     g = generated.float().flatten(1)                                   # (N, D)
-    best_d = torch.full((len(g),), float("inf"))
-    best_i = torch.zeros(len(g), dtype=torch.long)
+    best_d = torch.full((len(g),), float("inf"), device=g.device)
+    best_i = torch.zeros(len(g), dtype=torch.long, device=g.device)
     for start in range(0, len(train), chunk):
-        t = to_model(train[start:start + chunk]).float().flatten(1)    # (m, D) in [-1, 1]
+        t = to_model(train[start:start + chunk].to(g.device)).float().flatten(1)   # (m, D) in [-1, 1]
         d, i = torch.cdist(g, t).min(1)                                # (N,)
         better = d < best_d
         best_d[better], best_i[better] = d[better], i[better] + start
-    return best_d, best_i
+    return best_d.cpu(), best_i.cpu()
 
 
 # ----------------------------------------------------------------------------- comparing trained models

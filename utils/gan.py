@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .devices import model_device
 from .models import dcgan_discriminator, dcgan_generator
 
 
@@ -65,7 +66,7 @@ def loss_fn(model: nn.Module, batch: dict) -> torch.Tensor:
     G loss: the non-saturating −log D(G(z)) on the same z, with D frozen (the loop backpropagates it).
     """
     gan = getattr(model, "module", model)               # unwrap DistributedDataParallel
-    real = batch["x0"]                                  # (B, C, H, W) in [-1, 1]
+    real = batch["x0"].to(model_device(gan))            # (B, C, H, W) in [-1, 1], where the networks are
     z = torch.randn(len(real), gan.latent_dim, 1, 1, device=real.device, dtype=real.dtype)
     fake = gan.generator(z)                             # (B, C, H, W)
 
@@ -81,17 +82,17 @@ def loss_fn(model: nn.Module, batch: dict) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample(model: nn.Module, num_images: int, *, seed: int | None = 0, device=None) -> torch.Tensor:
+def sample(model: nn.Module, num_images: int, *, seed: int | None = 0) -> torch.Tensor:
     """``num_images`` images (N, C, H, W) in [-1, 1] on the CPU from z ~ N(0, I) seeded by ``seed``.
 
-    ``model`` is a ``DCGAN`` (or its generator); G runs in eval mode (BatchNorm's running statistics).
+    ``model`` is a ``DCGAN`` (or its generator), on any device; G runs in eval mode (BatchNorm's
+    running statistics). z is drawn on the CPU, so a seed gives the same images on every device.
     """
     generator = model.generator if isinstance(model, DCGAN) else model
     latent_dim = generator[0].in_channels
-    device = torch.device(device) if device is not None else next(generator.parameters()).device
-    rng = torch.Generator(device)
+    rng = torch.Generator()
     rng.manual_seed(seed) if seed is not None else rng.seed()
-    z = torch.randn(num_images, latent_dim, 1, 1, generator=rng, device=device)
+    z = torch.randn(num_images, latent_dim, 1, 1, generator=rng).to(model_device(generator))
     was_training = generator.training
     images = generator.eval()(z).clamp(-1, 1).float().cpu()
     generator.train(was_training)

@@ -44,9 +44,10 @@ class ConditionalUNet(nn.Module):
 
     def forward(self, xt, timesteps, labels, drop_labels=None) -> torch.Tensor:
         """xt: (B, C, H, W); timesteps: (B,); labels: (B, K) multi-hot; drop_labels: (B,) bool or None."""
-        emb = self.label_mlp(labels.to(self.null_embedding.dtype))   # (B, D)
+        emb = self.label_mlp(labels.to(self.null_embedding))         # (B, D), on the weights' device and dtype
         if drop_labels is not None:
-            emb = torch.where(drop_labels[:, None], self.null_embedding.expand_as(emb), emb)
+            drop = drop_labels.to(emb.device)[:, None]                  # (B, 1) bool
+            emb = torch.where(drop, self.null_embedding.expand_as(emb), emb)
         return self.unet(xt, timesteps, class_labels=emb).sample
 
 

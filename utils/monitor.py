@@ -48,7 +48,8 @@ class TrainingMonitor:
         images = diffusion.sample(model, self.schedule, self.num_images, shape, sampler=self.cfg.preview_sampler,
                                   num_inference_steps=self.cfg.preview_steps, labels=self.labels,
                                   guidance_scale=self.guidance_scale, seed=self.cfg.seed,
-                                  clip_sample=self.cfg.clip_sample, progress=False).images
+                                  clip_sample=self.cfg.clip_sample, mixed_precision=self.cfg.mixed_precision,
+                                  progress=False).images
         self.previews.append((step, images))
         return images
 

@@ -95,7 +95,8 @@ def write_unconditional(cfg, ema, schedule) -> list[Path]:
     out, names = Path(cfg.output_dir), HANDIN[cfg.name]
     samples = diffusion.sample(ema, schedule, 25, (cfg.channels, cfg.image_size, cfg.image_size),
                                sampler=cfg.sampler, num_inference_steps=cfg.num_inference_steps,
-                               num_frames=cfg.gif_frames, seed=cfg.seed, clip_sample=cfg.clip_sample)
+                               num_frames=cfg.gif_frames, seed=cfg.seed, clip_sample=cfg.clip_sample,
+                               mixed_precision=cfg.mixed_precision)
     viz.save_grid(samples.images, out / names["grid"], nrow=5)
     return [out / names["grid"], viz.save_gif(samples.frames, out / names["gif"], nrow=5)]
 
@@ -110,7 +111,8 @@ def write_iclevr(cfg, ema, schedule, device) -> list[Path]:
                   for name in ("test", "new_test")}
     shape = (cfg.channels, cfg.image_size, cfg.image_size)
     common = dict(sampler=cfg.sampler, num_inference_steps=cfg.num_inference_steps,
-                  guidance_scale=cfg.guidance_scale, seed=cfg.seed, clip_sample=cfg.clip_sample)
+                  guidance_scale=cfg.guidance_scale, seed=cfg.seed, clip_sample=cfg.clip_sample,
+                  mixed_precision=cfg.mixed_precision)
     written, samples = [], {}
     for name, labels in label_sets.items():
         samples[name] = diffusion.sample(ema, schedule, len(labels), shape, labels=labels,

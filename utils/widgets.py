@@ -15,6 +15,7 @@ from PIL import Image
 
 from . import diffusion, viz
 from .data import encode_labels
+from .devices import model_device
 from .evaluate import as_saved
 
 DISPLAY_PX = 256   # shown images are enlarged to about this many pixels (nearest neighbour)
@@ -109,9 +110,8 @@ def toggle_object(chosen: list[str], name: str) -> tuple[list[str], str]:
 def top_predictions(evaluator, image: torch.Tensor, objects: dict[str, int], k: int = 5) -> list[tuple[str, float]]:
     """The evaluator's ``k`` highest-scoring objects for one image (1, 3, 64, 64) in [-1, 1], as (name, score)."""
     names = {index: name for name, index in objects.items()}
-    device = next(evaluator.parameters()).device
     with torch.inference_mode():
-        scores = evaluator(as_saved(image).to(device)).cpu()[0]   # (24,) in (0, 1)
+        scores = evaluator(as_saved(image).to(model_device(evaluator))).cpu()[0]   # (24,) in (0, 1)
     top = scores.topk(k)
     return [(names[int(i)], float(s)) for s, i in zip(top.values, top.indices)]
 

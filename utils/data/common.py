@@ -165,9 +165,10 @@ class BatchLoader:
                                "Lower batch_size or add images.")
         store = self.device if keep_on_device else torch.device("cpu")
         self.images = dataset.images.to(store)
-        if store.type == "cpu" and self.device.type == "cuda":
-            self.images = self.images.pin_memory()
         self.labels = None if dataset.labels is None else dataset.labels.to(store)
+        # A batch gathered on the CPU for a GPU is pinned, so its copy overlaps with the GPU's work.
+        # (Pinning the whole tensor would not help: indexing it returns pageable memory.)
+        self._pin = store.type == "cpu" and self.device.type == "cuda"
         self.batch_size, self.hflip, self.seed = batch_size, hflip, seed
         self.rank, self.world_size, self.per_rank = rank, world_size, per_rank
 
@@ -188,14 +189,23 @@ class BatchLoader:
         order, flips = self._plan(epoch)
         for b in range(start, len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            x0 = to_model(self.images[idx.to(self.images.device)].to(self.device, non_blocking=True))
+            x0 = to_model(self._to_device(self.images[idx.to(self.images.device)]))
             if self.hflip:
                 flip = flips[b * self.batch_size:(b + 1) * self.batch_size].to(self.device)
                 x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
             batch = {"x0": x0}
             if self.labels is not None:
-                batch["labels"] = self.labels[idx.to(self.labels.device)].to(self.device, non_blocking=True)
+                batch["labels"] = self._to_device(self.labels[idx.to(self.labels.device)])
             yield batch
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` on ``self.device``: a no-op when it is there, an asynchronous copy from pinned memory
+        to a GPU (safe: every later use runs on the same CUDA stream, after the copy)."""
+        if tensor.device == self.device:
+            return tensor
+        if self._pin:
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
 
     def __iter__(self) -> Iterator[dict]:
         return self.epoch(0)
