@@ -4,7 +4,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test benchmarks clean
+.PHONY: setup demo test gpu-check benchmarks clean
 
 setup: $(VENV)/.installed
 
@@ -22,8 +22,22 @@ demo: setup
 
 # One thread per process: the suite's tiny models gain nothing from a second thread, and on a
 # shared 2-core machine two threads fighting a neighbour make small ops many times slower.
-test: setup
+# Colab ships ipywidgets 7.7.1, the venv has 8: the widget tests run once more with 7.7.1 on top.
+WIDGETS7 := $(VENV)/widgets7
+$(WIDGETS7)/.installed: $(VENV)/.installed
+	$(BIN)/python -m pip install -q --no-deps --target $(WIDGETS7) "ipywidgets==7.7.1" "widgetsnbextension~=3.6.0" \
+		"jupyterlab_widgets<3" ipython_genutils
+	touch $@
+
+test: setup $(WIDGETS7)/.installed
 	DDPM_SMOKE=1 OMP_NUM_THREADS=1 $(BIN)/pytest
+	DDPM_SMOKE=1 OMP_NUM_THREADS=1 DDPM_EXPECT_IPYWIDGETS=7.7.1 PYTHONPATH=$(WIDGETS7) $(BIN)/pytest tests/test_widgets.py
+
+# On a machine with a CUDA GPU: benchmarks and the smoke suite on the GPU → benchmarks/results/gpu_check.md.
+# Any Python that has requirements-dev.txt works offline: make gpu-check PYTHON=python3
+PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+gpu-check:
+	$(PYTHON) benchmarks/gpu_check.py
 
 benchmarks: setup
 	$(BIN)/python benchmarks/mnist_speed.py

@@ -1,5 +1,7 @@
 """Explorer callbacks: plain functions from settings to images and text, and the thin widget wiring."""
 
+import os
+
 import pytest
 import torch
 from PIL import Image
@@ -104,3 +106,11 @@ def test_iclevr_explorer_refuses_a_fourth_toggle(iclevr_setup):
     gray_cube.value = True
     assert gray_cube.value is False and "At most 3 objects" in message.value
     assert "<pre>" in box.children[-1].children[1].value
+
+
+def test_the_ipywidgets_version_asked_for_is_the_one_imported():
+    """`make test` runs this file twice: with the venv's ipywidgets 8 and with Colab's 7.7.1 on PYTHONPATH."""
+    import ipywidgets
+
+    expected = os.environ.get("DDPM_EXPECT_IPYWIDGETS")
+    assert expected is None or ipywidgets.__version__ == expected

@@ -174,7 +174,12 @@ def enable() -> torch.device:
     """Register the stand-in device (once per process) and point Accelerate at it; return it."""
     global _lib, DEVICE
     if _lib is None:
-        torch.utils.backend_registration._setup_privateuseone_for_python_backend(NAME)
+        setup = getattr(torch.utils.backend_registration, "_setup_privateuseone_for_python_backend", None)
+        if setup is None:
+            raise RuntimeError(f"The stand-in device needs torch >= 2.9 (a Python PrivateUse1 backend); this is torch "
+                               f"{torch.__version__}. Upgrade torch, or run without the host/device check: "
+                               "DDPM_DEVICE=cpu.")
+        setup(NAME)
         DEVICE = torch.device(NAME, 0)
         _lib = torch.library.Library("aten", "IMPL")
         _lib.impl("empty.memory_format", _empty, "PrivateUse1")      # factories: torch.randn(..., device=DEVICE)
