@@ -74,6 +74,17 @@ def test_what_cuda_refuses_is_refused():
 
 
 @needs_device
+def test_what_cuda_refuses_beyond_elementwise_scalars_is_refused():
+    x = torch.ones(3, device=DEVICE)
+    with pytest.raises(RuntimeError, match="same device|device"):
+        torch.stack([x.sum(), torch.tensor(1.0)])         # a 0-dim host tensor outside an elementwise op
+    with pytest.raises(RuntimeError, match="same device|device"):
+        x[torch.tensor([0, 1])] = torch.zeros(2)          # host values into a device tensor
+    with pytest.raises(RuntimeError, match="generator"):
+        torch.randn(3, generator=torch.Generator(), device=DEVICE)   # a host generator for device noise
+
+
+@needs_device
 def test_moving_a_module_keeps_its_parameter_objects_so_an_earlier_optimizer_still_works():
     net = torch.nn.Linear(3, 2)
     before = list(net.parameters())
@@ -193,6 +204,14 @@ def test_auto_precision_is_bf16_only_where_it_is_native(monkeypatch, gpu, capabi
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)   # what torch says on a T4 too
     assert devices.resolve_mixed_precision("auto", torch.device("cuda")) == expected, gpu
+
+
+def test_asking_for_bf16_on_a_t4_warns_that_it_is_emulated(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    with pytest.warns(UserWarning, match="emulated"):
+        assert devices.resolve_mixed_precision("bf16", torch.device("cuda")) == "bf16"
 
 
 @pytest.mark.parametrize("device", ["cpu", "mps"])

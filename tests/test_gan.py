@@ -1,5 +1,7 @@
 """The DCGAN baseline: shapes, a few steps through the one training loop, checkpoints and resume."""
 
+import copy
+
 import pytest
 import torch
 
@@ -98,3 +100,31 @@ def test_a_training_step_is_timed_on_a_copy(tmp_path):
     before = [p.detach().clone() for p in model.parameters()]
     seconds = evaluate.seconds_per_step(model, gan.loss_fn, next(loader.epoch(0)), repeats=1)
     assert seconds > 0 and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_one_iteration_is_one_adam_step_for_each_player(tmp_path):
+    """D: one Adam step on −log D(x) − log(1 − D(G(z))); then G: one Adam step on −log D(G(z)) with the new D."""
+    cfg, loader, model = gan_setup(tmp_path, max_steps=1)
+    device = config.pick_device()
+    model.to(device)
+    reference = copy.deepcopy(model)
+    real = next(loader.epoch(0))["x0"].to(device)
+    torch.manual_seed(5)
+    training.train(model, gan.loss_fn, loader, cfg, progress=False)
+
+    torch.manual_seed(5)                                  # the same z as the loop's iteration
+    z = torch.randn(len(real), cfg.latent_dim, 1, 1, device=device)
+    G, D = reference.generator, reference.discriminator
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    d_opt = torch.optim.Adam(D.parameters(), lr=cfg.learning_rate, betas=cfg.adam_betas)
+    fake = G(z)
+    d_loss = bce(D(real), torch.ones(len(real), device=device)) + bce(D(fake.detach()), torch.zeros(len(real), device=device))
+    d_loss.backward()
+    d_opt.step()
+    g_opt = torch.optim.Adam(G.parameters(), lr=cfg.learning_rate, betas=cfg.adam_betas)
+    D.requires_grad_(False)
+    bce(D(fake), torch.ones(len(real), device=device)).backward()
+    g_opt.step()
+    for trained, by_hand in ((model.discriminator, D), (model.generator, G)):
+        for a, b in zip(trained.parameters(), by_hand.parameters()):
+            torch.testing.assert_close(a, b)

@@ -122,3 +122,21 @@ def test_channels_last_trains_and_its_checkpoint_loads_into_a_plain_model(tiny_c
     result = _train(dataclasses.replace(tiny_cfg, channels_last=True))
     assert result.step == len(result.loss_history) == tiny_cfg.max_steps
     training.load_ema_model(models.build_model(tiny_cfg), tiny_cfg)
+
+
+def test_a_run_in_another_precision_gets_its_own_accelerator(tiny_cfg):
+    training.notebook_accelerator("bf16")   # what an earlier run in bf16 (a DDPM on an A100) leaves in the process
+    result = _train(dataclasses.replace(tiny_cfg, mixed_precision="no"))   # a DCGAN in fp32, as in notebook 04
+    assert result.step == tiny_cfg.max_steps
+
+
+def test_the_trained_networks_come_back_without_the_training_autocast(tiny_cfg, monkeypatch):
+    monkeypatch.setenv("DDPM_DEVICE", "cpu")                  # CPU bf16 autocast: the stand-in has none
+    monkeypatch.delenv("ACCELERATE_TORCH_DEVICE", raising=False)
+    result = _train(dataclasses.replace(tiny_cfg, mixed_precision="bf16"))
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([3, 7])
+    for net in (result.model, result.ema_model):
+        plain = models.build_model(tiny_cfg)
+        plain.load_state_dict(net.state_dict())
+        assert "_original_forward" not in vars(net)
+        assert torch.equal(net(x, t).sample, plain(x, t).sample)   # fp32, not bf16: samplers choose the precision

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 
 import torch
 
@@ -75,9 +76,12 @@ def resolve_mixed_precision(setting: str, device: torch.device | str | None = No
     (T4, V100: with a grad scaler in training), "no" on CPU and MPS. Other settings are returned as given."""
     if setting not in PRECISIONS:
         raise ValueError(f"mixed_precision={setting!r}: use one of {PRECISIONS}.")
+    device = torch.device(device) if device is not None else pick_device()
+    if setting == "bf16" and device.type == "cuda" and torch.cuda.is_available() and not native_bf16(device):
+        warnings.warn(f"mixed_precision='bf16' on {torch.cuda.get_device_name(device)}, which has no native bf16 "
+                      "(compute capability < 8.0): it is emulated and slower than fp16. Use 'auto' or 'fp16'.")
     if setting != "auto":
         return setting
-    device = torch.device(device) if device is not None else pick_device()
     if device.type != "cuda":
         return "no"
     return "bf16" if native_bf16(device) else "fp16"

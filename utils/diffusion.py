@@ -89,7 +89,7 @@ def predict_noise(model, xt: torch.Tensor, timesteps: torch.Tensor, labels=None,
     xt: (B, C, H, W); timesteps: (B,); labels: (B, K) or None; drop_labels: (B,) bool or None.
     """
     device = model_device(model) or xt.device
-    xt, timesteps = xt.to(device), timesteps.to(device)
+    xt, timesteps = xt.to(device, model_dtype(model)), timesteps.to(device)
     if labels is None:
         out = model(xt, timesteps)
     else:
@@ -127,9 +127,14 @@ def diffusion_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, labels=None
 def make_loss_fn(schedule: NoiseSchedule, *, conditional: bool = False, cond_drop_prob: float = 0.0):
     """The ``loss_fn(model, batch)`` the training loop calls: Algorithm 1 on ``batch["x0"]``,
     conditioned on ``batch["labels"]`` when ``conditional`` (MNIST's digit labels are ignored)."""
+    on_device = {}   # the schedule copied once to each device it meets, not once per step
+
     def loss_fn(model, batch):
         labels = batch["labels"] if conditional else None
-        return diffusion_loss(model, batch["x0"], schedule, labels, cond_drop_prob)
+        device = model_device(model) or batch["x0"].device
+        if device not in on_device:
+            on_device[device] = schedule.to(device)
+        return diffusion_loss(model, batch["x0"], on_device[device], labels, cond_drop_prob)
     return loss_fn
 
 
@@ -199,10 +204,14 @@ def guided_noise(model, xt: torch.Tensor, t: torch.Tensor, labels: torch.Tensor 
     return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
 
 
-def _randn(shape, generator: torch.Generator | None, device, dtype) -> torch.Tensor:
+def _randn(shape, generator: torch.Generator | None, device, dtype=torch.float32) -> torch.Tensor:
     """N(0, I) drawn on the CPU (with ``generator``) and moved to ``device``: a seed gives the same
-    noise on every device, and the generator never has to live where the model does."""
-    return torch.randn(shape, generator=generator, dtype=torch.float32).to(device, dtype)
+    noise on every device, and the generator never has to live where the model does. To a GPU the
+    copy goes from pinned memory without waiting, so the host never stalls the GPU once per step."""
+    noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+    if torch.device(device).type == "cuda":
+        return noise.pin_memory().to(device, dtype, non_blocking=True)
+    return noise.to(device, dtype)
 
 
 @dataclass
@@ -236,7 +245,6 @@ def sample(model, schedule: NoiseSchedule, num_images: int, image_shape: tuple[i
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler={sampler!r}: use one of {SAMPLERS}.")
     device = model_device(model) or torch.device("cpu")
-    dtype = model_dtype(model)
     generator = torch.Generator()
     if seed is not None:
         generator.manual_seed(seed)
@@ -244,7 +252,7 @@ def sample(model, schedule: NoiseSchedule, num_images: int, image_shape: tuple[i
         generator.seed()
     schedule_d = schedule.to(device)
     if labels is not None:
-        labels = labels.to(device=device, dtype=dtype)
+        labels = labels.to(device=device, dtype=model_dtype(model))
 
     if sampler == "ddpm":
         timesteps = list(range(schedule.num_train_timesteps - 1, -1, -1))   # T−1 … 0
@@ -255,7 +263,7 @@ def sample(model, schedule: NoiseSchedule, num_images: int, image_shape: tuple[i
         timesteps = [int(t) for t in scheduler.timesteps]
         step = lambda eps, t, x: scheduler.step(eps, t, x, generator=generator).prev_sample
 
-    x = _randn((num_images, *image_shape), generator, device, dtype)                          # x_T
+    x = _randn((num_images, *image_shape), generator, device)                                 # x_T, float32
     t_all = torch.tensor(timesteps, device=device)  # (N,), copied once: no host → device transfer per step
     keep = _frame_indices(len(timesteps), num_frames)
     frames, frame_t = ([x.clone()], [schedule.num_train_timesteps]) if num_frames else ([], [])

@@ -2,7 +2,8 @@
 
 The loop steps one optimizer on ``loss_fn(model, batch)``. A GAN has two players, so:
 
-* the loop's optimizer (Adam, lr 2e-4, β1 = 0.5 from ``cfg.adam_betas``) trains the **generator**;
+* the loop's optimizer (Adam, lr 2e-4, β1 = 0.5 from ``cfg.adam_betas``) trains the **generator**: the
+  module declares it with ``loop_parameters()``, so the loop never steps D a second time;
 * ``loss_fn`` first takes the **discriminator's** step itself, with the Adam stored on the
   ``DCGAN`` module, then returns the generator's loss with D frozen, so the loop's backward
   reaches only G.
@@ -35,9 +36,16 @@ class DCGAN(nn.Module):
         """z: (B, latent_dim, 1, 1) → images (B, C, H, W) in [-1, 1]."""
         return self.generator(z)
 
+    def loop_parameters(self):
+        """What ``training.train``'s optimizer (and gradient clipping) covers: G only; D steps in ``loss_fn``."""
+        return self.generator.parameters()
+
     @property
     def d_loss_history(self) -> list[float]:
-        return torch.stack(self.d_losses).tolist() if self.d_losses else []
+        if not self.d_losses:
+            return []
+        device = self.d_losses[-1].device       # a resumed run holds the saved losses on the host, new ones on the device
+        return torch.stack([loss.to(device) for loss in self.d_losses]).tolist()
 
     def get_extra_state(self) -> dict:
         return {"d_optimizer": self.d_optimizer.state_dict(),

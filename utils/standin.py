@@ -136,21 +136,26 @@ def _to(func, args, kwargs):
 
 
 # Ops where CUDA accepts CPU tensors next to device tensors: the indices of an indexing op.
-_CPU_INDICES_OK = {_aten.index.Tensor, _aten.index_put.default, _aten.index_put_.default,
-                   _aten._index_put_impl_.default}
+_INDEXING = {_aten.index.Tensor, _aten.index_put.default, _aten.index_put_.default, _aten._index_put_impl_.default}
 
 
 def _check_devices(func, args, kwargs) -> None:
-    """Refuse a CPU tensor (not a 0-dim scalar) in the same operation as a stand-in tensor, as CUDA does."""
+    """Refuse what CUDA refuses: a CPU tensor in the same operation as a stand-in tensor, except as a 0-dim
+    scalar of an elementwise op or as the indices of an indexing op; a CPU generator for device random numbers."""
     tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
     if not any(isinstance(t, StandinTensor) for t in tensors):
         return
-    if func in _CPU_INDICES_OK:
+    generator = kwargs.get("generator")
+    if generator is not None and generator.device.type != NAME:
+        raise RuntimeError(f"Expected a '{NAME}' device type for generator but found '{generator.device.type}' "
+                           f"(when calling {func})")
+    if func in _INDEXING:
         if not isinstance(args[0], StandinTensor):
             raise RuntimeError(f"indices should be either on cpu or on the same device as the indexed tensor (cpu) "
                                f"(when calling {func})")
-        return
-    host = [t for t in tensors if not isinstance(t, StandinTensor) and t.dim() > 0]
+        tensors = [args[0], *args[2:3]]                  # indices may stay on the host; the values may not
+    scalars_ok = torch.Tag.pointwise in func.tags       # CUDA takes 0-dim CPU scalars in elementwise ops only
+    host = [t for t in tensors if not isinstance(t, StandinTensor) and (t.dim() > 0 or not scalars_ok)]
     if host:
         raise RuntimeError(f"Expected all tensors to be on the same device, but found at least two devices, "
                            f"{DEVICE} and {host[0].device}! (when calling {func}; a tensor of shape "

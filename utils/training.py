@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import resolve_mixed_precision
+from .devices import pick_device, resolve_mixed_precision
 from .io import atomic_save, safe_load
 
 CHECKPOINT_NAME = "last.pt"
@@ -146,6 +146,34 @@ def _main_decides(flag: bool, accelerator) -> bool:
     return bool(broadcast(torch.tensor([int(flag)], device=accelerator.device)).item())
 
 
+def loop_parameters(model: nn.Module):
+    """The parameters the loop's optimizer trains: ``model.loop_parameters()`` when the model declares them
+    (a GAN whose discriminator steps its own optimizer inside ``loss_fn``), else all of them."""
+    declared = getattr(model, "loop_parameters", None)
+    return declared() if callable(declared) else model.parameters()
+
+
+def notebook_accelerator(mixed_precision: str):
+    """A single-process ``Accelerator`` on ``pick_device()`` in ``mixed_precision`` (a config's setting).
+
+    Accelerate keeps one state per process and refuses a second precision; a notebook that trains a
+    DDPM in fp16 and then a DCGAN in fp32 (notebook 04), or a student who changes the setting and runs
+    the cell again, would hit that. A single process has nothing to lose by a fresh state, so it gets one.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    device = pick_device()
+    precision = resolve_mixed_precision(mixed_precision, device)
+    cpu = device.type == "cpu"
+    if AcceleratorState._shared_state:
+        state = AcceleratorState()
+        moved = cpu != (state.device.type == "cpu")       # DDPM_DEVICE=cpu on a GPU machine, or back
+        if state.num_processes == 1 and (state.mixed_precision != precision or moved):
+            AcceleratorState._reset_state(reset_partial_state=moved)
+    return Accelerator(mixed_precision=precision, cpu=cpu)
+
+
 def train(model: nn.Module, loss_fn: Callable, loader, cfg, *, on_log: Callable[[Progress], None] | None = None,
           accelerator=None, progress: bool = True) -> TrainResult:
     """Train ``model`` to minimise ``loss_fn(model, batch)`` over ``loader``; return the result.
@@ -166,12 +194,11 @@ def train(model: nn.Module, loss_fn: Callable, loader, cfg, *, on_log: Callable[
     the main process writes checkpoints. Resuming on several machines needs ``checkpoint_dir``
     on a file system they share.
     """
-    from accelerate import Accelerator
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
     if accelerator is None:
-        accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision))
+        accelerator = notebook_accelerator(cfg.mixed_precision)
     main = accelerator.is_main_process
     steps_per_epoch = len(loader)
     total_steps = cfg.max_steps or cfg.num_epochs * steps_per_epoch
@@ -181,7 +208,8 @@ def train(model: nn.Module, loss_fn: Callable, loader, cfg, *, on_log: Callable[
     if getattr(cfg, "channels_last", False):  # NHWC: faster convolutions on tensor-core GPUs
         model = model.to(memory_format=torch.channels_last)
     _sync_from_main(model, accelerator)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+    trained = list(loop_parameters(model))     # what the loop's optimizer steps (a GAN's D has its own)
+    optimizer = torch.optim.AdamW(trained, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                   betas=getattr(cfg, "adam_betas", (0.9, 0.999)))  # GANs use β1 = 0.5
     lr_scheduler = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps,
                                  num_training_steps=total_steps)
@@ -220,8 +248,9 @@ def train(model: nn.Module, loss_fn: Callable, loader, cfg, *, on_log: Callable[
 
     def ema_model() -> nn.Module:
         nonlocal ema_twin
-        if ema_twin is None:
-            ema_twin = copy.deepcopy(raw_model).eval().requires_grad_(False)
+        if ema_twin is None:  # without the training autocast: samplers choose their own precision
+            ema_twin = accelerator.unwrap_model(copy.deepcopy(raw_model), keep_fp32_wrapper=False)
+            ema_twin.eval().requires_grad_(False)
         ema.copy_to(ema_twin.parameters())
         return ema_twin
 
@@ -240,11 +269,16 @@ def train(model: nn.Module, loss_fn: Callable, loader, cfg, *, on_log: Callable[
                 "rng_ranks": rng_ranks,
             }, ckpt_file)
 
+    def finished(reason: str) -> TrainResult:
+        """The result, its networks without Accelerate's training autocast (sampling picks its precision)."""
+        plain = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+        return TrainResult(plain, ema_model(), history, step, reason, ckpt_file)
+
     if step >= total_steps:
         if main:
             print(f"The checkpoint is already at step {step} of {total_steps}: nothing to train. "
                   "Raise max_steps/num_epochs to train longer, or set resume=False to start over.")
-        return TrainResult(raw_model, ema_model(), history, step, "already done", ckpt_file)
+        return finished("already done")
 
     pending: list[torch.Tensor] = []
     start_time = time.monotonic()
@@ -282,7 +316,7 @@ def train(model: nn.Module, loss_fn: Callable, loader, cfg, *, on_log: Callable[
             loss = loss_fn(forward_model, batch)
             accelerator.backward(loss)
             if cfg.grad_clip:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                accelerator.clip_grad_norm_(trained, cfg.grad_clip)
             optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -305,4 +339,4 @@ def train(model: nn.Module, loss_fn: Callable, loader, cfg, *, on_log: Callable[
                       "checkpoint saved. Run this cell again to continue.")
             break
     bar.close()
-    return TrainResult(raw_model, ema_model(), history, step, stop_reason, ckpt_file)
+    return finished(stop_reason)

@@ -158,6 +158,8 @@ class BatchLoader:
                  device: torch.device | str | None = None, keep_on_device: bool = True,
                  rank: int = 0, world_size: int = 1):
         self.device = torch.device(device or "cpu")
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())   # "cuda" → "cuda:0": comparable
         per_rank = len(dataset) // world_size
         if per_rank < batch_size:
             raise DatasetError(f"{len(dataset)} images make no full batch of batch_size={batch_size}"
@@ -187,15 +189,16 @@ class BatchLoader:
     def epoch(self, epoch: int, start: int = 0) -> Iterator[dict]:
         """The batches of ``epoch``, from batch index ``start``."""
         order, flips = self._plan(epoch)
+        order, flips = order.to(self.images.device), flips.to(self.device)   # one copy per epoch, not per batch
         for b in range(start, len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            x0 = to_model(self._to_device(self.images[idx.to(self.images.device)]))
+            x0 = to_model(self._to_device(self.images[idx]))
             if self.hflip:
-                flip = flips[b * self.batch_size:(b + 1) * self.batch_size].to(self.device)
+                flip = flips[b * self.batch_size:(b + 1) * self.batch_size]
                 x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
             batch = {"x0": x0}
             if self.labels is not None:
-                batch["labels"] = self._to_device(self.labels[idx.to(self.labels.device)])
+                batch["labels"] = self._to_device(self.labels[idx])
             yield batch
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
