@@ -1,6 +1,7 @@
 """Configs: full-run defaults, presets that change only a few fields, clear errors."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,3 +98,47 @@ def test_the_bundle_version_agrees_in_pyproject_utils_and_every_notebook():
     for notebook in sorted((root / "notebooks").glob("*.ipynb")):
         setup = "".join(json.loads(notebook.read_text())["cells"][1]["source"])
         assert re.search(r'BUNDLE_VERSION = "([^"]+)"', setup).group(1) == utils.__version__, notebook.name
+
+
+@pytest.mark.parametrize("field, value", [("batch_size", 0), ("num_train_timesteps", 0), ("checkpoint_every", 0),
+                                          ("log_every", -1), ("learning_rate", 0.0), ("max_steps", 0)])
+def test_a_setting_that_must_be_positive_is_refused_when_the_config_is_made(tmp_path, field, value):
+    with pytest.raises(ValueError, match=f"{field}={value}"):
+        config.make_config("mnist", "smoke", workdir=str(tmp_path), **{field: value})
+
+
+def test_an_image_size_the_unet_cannot_halve_is_refused_with_the_sizes_that_work(tmp_path):
+    with pytest.raises(ValueError, match="multiple of 4"):
+        config.make_config("mnist", "full", workdir=str(tmp_path), image_size=30)   # 3 levels: 30 → 15 → 7.5
+    assert config.make_config("mnist", "full", workdir=str(tmp_path), image_size=32).image_size == 32
+
+
+@pytest.mark.parametrize("field, value", [("guidance_scale", -1.0), ("sweep_scales", (0.0, -2.0))])
+def test_a_negative_guidance_scale_is_refused(tmp_path, field, value):
+    with pytest.raises(ValueError, match="w must be ≥ 0"):
+        config.make_config("iclevr", "smoke", workdir=str(tmp_path), **{field: value})
+
+
+def test_a_papermill_parameter_the_notebook_does_not_have_is_refused_with_the_known_ones():
+    history = ["", "import torch", "preset = None\nnum_epochs = None\n", "# Parameters\nnum_epochs = 3\nlearning_rate = 0.001\n"]
+    with pytest.raises(ValueError, match=r"\['learning_rate'\].*\['num_epochs', 'preset'\]"):
+        config.check_notebook_parameters(history)
+    config.check_notebook_parameters(history[:3] + ["# Parameters\nnum_epochs = 3\n"])   # known: fine
+    config.check_notebook_parameters(history[:3])                                        # not under papermill
+
+
+def test_papermill_stops_notebook_01_at_an_unknown_parameter(tmp_path):
+    import papermill
+
+    with pytest.raises(papermill.PapermillExecutionError, match="learning_rate"):
+        papermill.execute_notebook(str(Path(__file__).resolve().parent.parent / "notebooks" / "01_mnist_ddpm.ipynb"),
+                                   str(tmp_path / "out.ipynb"), parameters={"learning_rate": 1e-3},
+                                   kernel_name="python3", cwd=str(tmp_path), progress_bar=False)
+
+
+def test_a_folder_that_cannot_be_written_is_named_when_the_paths_are_made(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    cfg = config.make_config("mnist", "smoke", workdir=str(tmp_path), output_dir=str(blocker / "out"))
+    with pytest.raises(PermissionError, match="output_dir=.*cannot be written"):
+        cfg.paths()

@@ -112,15 +112,48 @@ def test_missing_checkpoint_says_where_to_get_it(tmp_path):
         evaluate.load_evaluator(tmp_path / "checkpoint.pth")
 
 
-def test_checkpoint_without_model_entry_is_rejected(tmp_path):
-    torch.save({"state_dict": {}}, tmp_path / "checkpoint.pth")
-    with pytest.raises(evaluate.EvaluatorError, match="'model' entry"):
+@pytest.mark.parametrize("form", ["bare state dict", "'model' with module. prefix", "bare with module. prefix"])
+def test_evaluator_accepts_the_forms_tas_hand_out(tmp_path, checkpoint, form):
+    weights = torch.load(checkpoint, weights_only=True)["model"]
+    if "module." in form:                                       # saved from nn.DataParallel
+        weights = {f"module.{k}": v for k, v in weights.items()}
+    torch.save({"model": weights} if "'model'" in form else weights, tmp_path / "checkpoint.pth")
+    loaded = evaluate.load_evaluator(tmp_path / "checkpoint.pth").state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in course_network(checkpoint).state_dict().items())
+
+
+@pytest.mark.parametrize("ckpt", [
+    {"state_dict": {f"layer{i}.weight": torch.zeros(1) for i in range(300)}},   # some other trainer's format
+    resnet18(weights=None).state_dict(),                                          # torchvision's head: fc.weight
+    [torch.zeros(1)],
+], ids=["other format", "plain resnet18", "list"])
+def test_other_checkpoints_get_one_short_message_with_the_course_format(tmp_path, ckpt):
+    torch.save(ckpt, tmp_path / "checkpoint.pth")
+    with pytest.raises(evaluate.EvaluatorError, match=r"\{'model': state_dict\}") as err:
+        evaluate.load_evaluator(tmp_path / "checkpoint.pth")
+    message = str(err.value).replace(evaluate.HELP, "")
+    assert len(message) < 400 and "layer299" not in message and "layer4.1.conv2" not in message
+
+
+def test_a_checkpoint_with_the_wrong_head_size_names_the_shape(tmp_path):
+    net = resnet18(weights=None)
+    net.fc = nn.Sequential(nn.Linear(512, 10), nn.Sigmoid())
+    torch.save({"model": net.state_dict()}, tmp_path / "checkpoint.pth")
+    with pytest.raises(evaluate.EvaluatorError, match=r"fc\.0\.weight of shape \(10, 512\), not \(24, 512\)"):
         evaluate.load_evaluator(tmp_path / "checkpoint.pth")
 
 
-def test_checkpoint_is_loaded_with_weights_only(tmp_path):
+def test_a_checkpoint_with_python_objects_is_refused_for_safety_and_says_how_to_resave(tmp_path):
     torch.save({"model": {}, "extra": Image.new("RGB", (1, 1))}, tmp_path / "checkpoint.pth")  # needs pickle
-    with pytest.raises(evaluate.EvaluatorError, match="not a readable checkpoint"):
+    with pytest.raises(evaluate.EvaluatorError, match="Python objects beyond tensors") as err:
+        evaluate.load_evaluator(tmp_path / "checkpoint.pth")
+    assert "torch.save({'model': net.state_dict()}, path)" in str(err.value)
+    assert "download" not in str(err.value).lower()
+
+
+def test_a_corrupt_checkpoint_says_download_again(tmp_path):
+    (tmp_path / "checkpoint.pth").write_bytes(b"<html>404 Not Found</html>")
+    with pytest.raises(evaluate.EvaluatorError, match="Download it again"):
         evaluate.load_evaluator(tmp_path / "checkpoint.pth")
 
 

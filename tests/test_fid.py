@@ -1,7 +1,13 @@
 """FID and KID (torchmetrics) against closed forms, with small injected feature extractors."""
 
+import hashlib
+import os
+import shlex
+
 import pytest
 import torch
+import torch.hub
+from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 
 from utils import evaluate
 
@@ -88,6 +94,82 @@ def test_missing_inception_weights_say_how_to_point_at_a_local_copy(tmp_path):
     with pytest.raises(evaluate.InceptionWeightsError, match="inception_weights=") as err:
         evaluate.inception_extractor(tmp_path / "nowhere.pth")
     assert evaluate.INCEPTION_URL in str(err.value)
+
+
+class RunsCode:
+    """Unpickling this runs ``touch marker``: what a crafted weights file can do to torch.load(weights_only=False)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
+
+
+def crafted_weights(path, marker):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(RunsCode(marker), path)
+    return path
+
+
+def sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_expected_hash_agrees_with_the_prefix_in_torch_fidelitys_url():
+    assert evaluate.INCEPTION_URL == URL_INCEPTION_V3
+    prefix = torch.hub.HASH_REGEX.search(URL_INCEPTION_V3.split("/")[-1]).group(1)
+    assert len(evaluate.INCEPTION_SHA256) == 64 and evaluate.INCEPTION_SHA256.startswith(prefix)
+
+
+def test_a_weights_file_that_would_run_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    weights = crafted_weights(tmp_path / evaluate.INCEPTION_FILE, marker)
+    with pytest.raises(evaluate.InceptionWeightsError, match="SHA-256"):
+        evaluate.inception_extractor(weights)
+    assert not marker.exists()
+
+
+def test_a_pickle_with_code_is_refused_even_when_its_hash_matches(tmp_path, monkeypatch):
+    marker = tmp_path / "pwned"
+    weights = crafted_weights(tmp_path / evaluate.INCEPTION_FILE, marker)
+    monkeypatch.setattr(evaluate, "INCEPTION_SHA256", sha256(weights))   # the second line of defence alone
+    with pytest.raises(evaluate.InceptionWeightsError, match="refused for safety"):
+        evaluate.inception_extractor(weights)
+    assert not marker.exists()
+
+
+def test_weights_with_the_right_name_but_wrong_content_are_refused_with_both_hashes(tmp_path):
+    weights = tmp_path / evaluate.INCEPTION_FILE
+    torch.save({"fc.weight": torch.zeros(1008, 2048)}, weights)
+    with pytest.raises(evaluate.InceptionWeightsError) as err:
+        evaluate.inception_extractor(weights)
+    message = str(err.value)
+    assert str(weights) in message and sha256(weights) in message and f"expected {evaluate.INCEPTION_SHA256}" in message
+    assert "Delete it" in message and evaluate.INCEPTION_URL in message
+
+
+def test_a_crafted_copy_in_torch_hubs_cache_is_refused_without_running_it(tmp_path, monkeypatch):
+    marker = tmp_path / "pwned"
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    crafted_weights(tmp_path / "hub" / "checkpoints" / evaluate.INCEPTION_FILE, marker)
+    with pytest.raises(evaluate.InceptionWeightsError, match="SHA-256"):
+        evaluate.inception_extractor(None)
+    assert not marker.exists()
+
+
+def test_without_a_cached_copy_the_download_is_hash_checked_and_then_verified(tmp_path, monkeypatch):
+    downloads = []
+
+    def fake_download(url, dst, hash_prefix=None, progress=True):  # writes a wrong file, ignoring the hash
+        downloads.append((url, hash_prefix))
+        torch.save({"fc.weight": torch.zeros(1)}, dst)
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    with pytest.raises(evaluate.InceptionWeightsError, match="SHA-256"):
+        evaluate.inception_extractor(None)
+    assert downloads == [(URL_INCEPTION_V3, evaluate.INCEPTION_SHA256)]
 
 
 def test_nearest_neighbour_finds_a_copied_training_image():

@@ -30,6 +30,38 @@ def test_bundled_label_files_are_the_course_files():
     assert [sum(map(len, iclevr.load_label_lists(LABELS / f))) for f in ("test.json", "new_test.json")] == [72, 84]
 
 
+def _write_test_json(tmp_path, lists):
+    path = tmp_path / "test.json"
+    path.write_text(json.dumps(lists))
+    return path
+
+
+def test_label_list_with_four_objects_is_refused_with_its_position(tmp_path):
+    lists = json.loads((LABELS / "test.json").read_text())
+    lists[5] = ["red cube", "blue sphere", "gray cylinder", "cyan cube"]
+    path = _write_test_json(tmp_path, lists)
+    with pytest.raises(DatasetError, match=r"test.json: label list #5 .*'cyan cube'\] holds 4 objects.*1–3"):
+        iclevr.load_label_lists(path)
+
+
+def test_empty_label_list_is_refused(tmp_path):
+    lists = json.loads((LABELS / "test.json").read_text())
+    lists[0] = []
+    with pytest.raises(DatasetError, match=r"label list #0 .*\[\] holds 0 objects"):
+        iclevr.load_label_lists(_write_test_json(tmp_path, lists))
+
+
+def test_label_file_without_32_lists_is_refused(tmp_path):
+    lists = json.loads((LABELS / "test.json").read_text())[:31]
+    with pytest.raises(DatasetError, match=r"test.json holds 31 label lists, expected 32"):
+        iclevr.load_label_lists(_write_test_json(tmp_path, lists))
+
+
+def test_other_label_files_may_hold_any_number_of_lists(tmp_path):
+    lists = [["red cube"], ["blue sphere", "gray cylinder"]]
+    assert iclevr.load_label_lists(_write_test_json(tmp_path, lists), expected_lists=None) == lists
+
+
 def test_object_names_follow_objects_json_order(objects):
     assert iclevr.object_names() == sorted(objects, key=objects.get)
 

@@ -3,11 +3,13 @@
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from utils import data
+from utils.data import common
 
 
 @pytest.mark.parametrize("layout", ["course", "teavanist", "folder"])
@@ -125,6 +127,29 @@ def test_missing_dataset_names_the_layouts_it_looked_for(tmp_path):
     assert "mnist_dataset/data" in str(err.value) and "data_links.md" in str(err.value)
 
 
+def test_images_outside_digit_folders_are_reported_with_where_how_many_and_the_layouts(tmp_path):
+    flat = tmp_path / "data" / "mnist_jpgs"
+    flat.mkdir(parents=True)
+    for k in range(4):
+        Image.new("L", (28, 28)).save(flat / f"{k}.jpg")
+    with pytest.raises(data.DatasetError) as err:
+        data.load_mnist(tmp_path / "data", tmp_path / "cache", download=False)
+    message = str(err.value)
+    assert f"Found 4 image files in a layout MNIST is not read from (4 in {flat})" in message
+    assert "digit folders named 0–9 (the folder name is the label)" in message
+    for layout in ("mnist_dataset/data/{0..9}", "MNIST - JPG - training/{0..9}", "MNIST/raw/"):
+        assert layout in message
+
+
+def test_images_deeper_than_two_folders_are_not_searched(tmp_path):
+    deep = tmp_path / "data" / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    Image.new("L", (28, 28)).save(deep / "0.jpg")
+    with pytest.raises(data.DatasetError) as err:
+        data.load_mnist(tmp_path / "data", tmp_path / "cache", download=False)
+    assert "image files" not in str(err.value)
+
+
 def test_digit_folders_with_missing_digits_are_named(tmp_path):
     root = data.write_mnist_fixture(tmp_path / "data", "course", n_per_digit=1)
     for d in ("3", "7"):
@@ -154,6 +179,22 @@ def test_images_of_other_sizes_are_resized(tmp_path):
     Image.new("RGB", (56, 40), "white").save(root / "5" / "big.jpg")
     ds = data.load_mnist(tmp_path / "data", tmp_path / "cache", download=False)
     assert ds.images.shape == (11, 1, 28, 28)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_16_bit_png_decodes_like_its_8_bit_version(tmp_path, mode):
+    digit = data.offline_sample().images[0, 0].numpy()                   # (28, 28) uint8
+    Image.fromarray(digit).save(tmp_path / "8bit.png")
+    Image.fromarray(digit.astype(np.uint16) * 257).save(tmp_path / "16bit.png")   # 255 → 65535
+    assert Image.open(tmp_path / "16bit.png").mode == "I;16"
+    eight, sixteen = data.decode_images([tmp_path / "8bit.png", tmp_path / "16bit.png"], 28, mode, progress=False)
+    assert (eight.int() - sixteen.int()).abs().max() <= 1
+
+
+def test_32_bit_gray_holding_16_bit_values_scales_like_16_bit():
+    digit = data.offline_sample().images[0, 0].numpy()
+    as_int32 = Image.fromarray(digit.astype(np.int32) * 257)             # mode "I": older PIL's 16-bit PNG
+    assert np.array_equal(np.asarray(common._gray_to_8bit(as_int32)), digit)
 
 
 def test_value_range_helpers_round_trip():

@@ -59,3 +59,25 @@ def test_two_cpu_processes_train_the_smoke_config_and_write_the_notebook_outputs
     for name in ("result_mnist.jpg", "loss_mnist.jpg", "mnist.gif"):
         with Image.open(work / "outputs" / "mnist" / name) as image:
             image.load()
+
+
+def test_mnist_is_loaded_at_the_configs_image_size(tmp_path):
+    from utils import config, training
+
+    cfg = config.make_config("mnist", "smoke", workdir=str(tmp_path), image_size=32)
+    images = train.load_data(cfg, training.notebook_accelerator(cfg.mixed_precision)).images
+    assert images.shape[-2:] == (32, 32)   # trained and sampled at 32 px, so the export's 5×5 check agrees
+
+
+def test_an_evaluator_of_the_wrong_architecture_stops_the_cli_before_training(tmp_path, monkeypatch):
+    from utils import evaluate, training
+
+    def never(*args, **kwargs):
+        raise AssertionError("trained before checking the evaluator")
+
+    monkeypatch.setattr(training, "train", never)
+    bad = tmp_path / "checkpoint.pth"
+    torch.save({"model": {"conv1.weight": torch.zeros(1)}}, bad)
+    with pytest.raises(evaluate.EvaluatorError):
+        train.main(["--config", "iclevr", "--preset", "smoke", "--workdir", str(tmp_path),
+                    "--evaluator_checkpoint", str(bad)])

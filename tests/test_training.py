@@ -140,3 +140,96 @@ def test_the_trained_networks_come_back_without_the_training_autocast(tiny_cfg, 
         plain.load_state_dict(net.state_dict())
         assert "_original_forward" not in vars(net)
         assert torch.equal(net(x, t).sample, plain(x, t).sample)   # fp32, not bf16: samplers choose the precision
+
+
+# ----------------------------------------------------------------------------- faults: nothing lost
+def test_a_second_run_on_the_same_folder_is_refused_while_the_first_is_alive(tiny_cfg):
+    import socket
+    import subprocess
+
+    other = subprocess.Popen(["sleep", "30"])          # a live process on this host holds the lock
+    try:
+        lock = training.TrainingLock(tiny_cfg.checkpoint_dir).path
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        lock.write_text(f"{socket.gethostname()} pid {other.pid} since 2026-12-01 10:00:00")
+        with pytest.raises(training.CheckpointError, match="Another run is training"):
+            _train(tiny_cfg)
+        assert not training.checkpoint_path(tiny_cfg.checkpoint_dir).exists()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_lock_left_by_a_process_that_ended_is_taken_over(tiny_cfg):
+    import socket
+    import subprocess
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    lock = training.TrainingLock(tiny_cfg.checkpoint_dir).path
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text(f"{socket.gethostname()} pid {ended.pid} since 2026-12-01 10:00:00")
+    assert _train(tiny_cfg).step == tiny_cfg.max_steps and not lock.exists()   # released at the end
+
+
+def test_weights_gone_non_finite_at_a_checkpoint_step_are_never_saved(tiny_cfg):
+    schedule = diffusion.schedule_from_config(tiny_cfg)
+    calls = {"n": 0}
+
+    def breaking_loss(model, batch):                    # finite losses, but step 8's gradient (so its update) is NaN
+        calls["n"] += 1
+        if calls["n"] == 8:
+            next(model.parameters()).register_hook(lambda grad: torch.full_like(grad, float("nan")))
+        return diffusion.diffusion_loss(model, batch["x0"], schedule)
+
+    cfg = dataclasses.replace(tiny_cfg, max_steps=8, log_every=100)
+    with pytest.raises(FloatingPointError, match=r"by step 8.*last good checkpoint .* \(step 4\)"):
+        training.train(models.build_model(cfg), breaking_loss, _loader(cfg), cfg, progress=False)
+    ckpt = training.load_checkpoint(training.checkpoint_path(cfg.checkpoint_dir))
+    assert ckpt["step"] == 4 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tiny_cfg):
+    _train(dataclasses.replace(tiny_cfg, max_steps=8))             # checkpoints at 4 and 8: 4 is kept as previous
+    path = training.checkpoint_path(tiny_cfg.checkpoint_dir)
+    path.write_bytes(path.read_bytes()[:1000])                       # a truncated copy (a half-synced Drive file)
+    with pytest.warns(UserWarning, match="previous"):
+        result = _train(dataclasses.replace(tiny_cfg, max_steps=10))
+    assert result.step == 10 and len(result.loss_history) == 10     # resumed from step 4, history intact
+
+
+def test_a_full_disk_names_the_checkpoint_and_keeps_the_last_good_one(tiny_cfg, monkeypatch):
+    import errno
+
+    cfg = dataclasses.replace(tiny_cfg, max_steps=8)
+    real_save, saves = torch.save, {"n": 0}
+
+    def save_then_disk_full(obj, f, *args, **kwargs):
+        saves["n"] += 1
+        if saves["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_then_disk_full)
+    with pytest.raises(training.CheckpointError, match=r"No space left on device.*\(step 4\)"):
+        _train(cfg)
+    path = training.checkpoint_path(cfg.checkpoint_dir)
+    assert training.load_checkpoint(path)["step"] == 4 and not list(path.parent.glob("*.tmp"))
+
+
+def test_an_unwritable_checkpoint_folder_is_named_before_training(tiny_cfg, tmp_path):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes anywhere: use a path under a file instead")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(training.CheckpointError, match="Cannot write to checkpoint_dir"):
+        _train(dataclasses.replace(tiny_cfg, checkpoint_dir=str(locked / "run")))
+
+
+def test_a_checkpoint_folder_that_cannot_exist_is_named_before_training(tiny_cfg, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(training.CheckpointError, match="Cannot write to checkpoint_dir"):
+        _train(dataclasses.replace(tiny_cfg, checkpoint_dir=str(blocker / "run")))

@@ -70,11 +70,55 @@ def describe_runtime() -> str:
     return "\n".join(lines)
 
 
+def check_notebook_parameters(history: list[str] | None = None) -> None:
+    """Refuse a papermill parameter that this notebook does not have (papermill only warns and drops it).
+
+    ``history``: the sources of the executed cells in order (default: IPython's ``In``). Papermill
+    runs its injected cell, which starts with ``# Parameters``, right after the notebook's
+    ``parameters`` cell; every name it sets must be set there too.
+    """
+    import ast
+
+    if history is None:
+        try:
+            from IPython import get_ipython
+        except ImportError:
+            return
+        shell = get_ipython()
+        history = list(shell.user_ns.get("In", [])) if shell is not None else []
+    injected = [i for i, source in enumerate(history) if source.lstrip().startswith("# Parameters")]
+    if not injected or injected[-1] == 0:
+        return
+    def assigned(source: str) -> set[str]:
+        return {target.id for node in ast.parse(source).body if isinstance(node, ast.Assign)
+                for target in node.targets if isinstance(target, ast.Name)}
+    known = assigned(history[injected[-1] - 1])
+    unknown = sorted(assigned(history[injected[-1]]) - known)
+    if unknown:
+        raise ValueError(f"Unknown notebook parameter(s) {unknown}: this notebook's parameters are "
+                         f"{sorted(known)}. Other settings: edit the config cell (config.make_config(..., "
+                         "field=value)), or use `python -m utils.train`, where every config field is an option.")
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices) so a run can be repeated."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def _check_positive(cfg, names: tuple[str, ...], *, allow_zero: tuple[str, ...] = ()) -> None:
+    """Raise one ValueError naming every field of ``names`` that is not a positive number (0 allowed for
+    ``allow_zero``; None allowed for optional fields)."""
+    bad = []
+    for name in names:
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (value == 0 and name not in allow_zero):
+            bad.append(f"{name}={value!r} (needs a number {'≥ 0' if name in allow_zero else '> 0'})")
+    if bad:
+        raise ValueError(f"{type(cfg).__name__}: " + "; ".join(bad) + ".")
 
 
 class _Folders:
@@ -84,10 +128,20 @@ class _Folders:
     ARCHITECTURE: ClassVar[tuple[str, ...]] = ()
 
     def paths(self) -> dict[str, Path]:
-        """The config's folders (``FOLDERS``) as Paths, created if missing."""
+        """The config's folders (``FOLDERS``) as Paths, created if missing and checked to be writable, so a
+        read-only or missing Drive folder is named now, not after training."""
         out = {k: Path(getattr(self, k)) for k in self.FOLDERS}
-        for p in out.values():
-            p.mkdir(parents=True, exist_ok=True)
+        for name, folder in out.items():
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                probe = folder / f".write-test-{os.getpid()}"
+                probe.touch()
+                probe.unlink()
+            except OSError as err:
+                raise PermissionError(
+                    f"{name}={str(folder)!r} cannot be written ({err.strerror or err}). Choose a folder you can write "
+                    f"to ({name}=...), or fix its permissions; on Colab, check that Drive is mounted and not full."
+                ) from err
         return out
 
     def to_dict(self) -> dict:
@@ -159,6 +213,18 @@ class DDPMConfig(_Folders):
     def __post_init__(self):
         self.block_out_channels = tuple(self.block_out_channels)
         self.attention_levels = tuple(self.attention_levels)
+        _check_positive(self, ("image_size", "channels", "batch_size", "num_epochs", "max_steps", "learning_rate",
+                               "num_train_timesteps", "log_every", "checkpoint_every", "num_inference_steps",
+                               "preview_steps", "gif_frames", "layers_per_block", "norm_num_groups",
+                               "time_budget_minutes", "preview_every", "warmup_steps", "grad_clip", "num_labels",
+                               "weight_decay", "ema_decay"),
+                        allow_zero=("preview_every", "warmup_steps", "grad_clip", "num_labels", "weight_decay",
+                                    "ema_decay"))
+        halvings = len(self.block_out_channels) - 1          # the U-Net halves the image between levels
+        if self.image_size % 2 ** halvings:
+            raise ValueError(f"image_size={self.image_size} must halve {halvings} times through the U-Net's "
+                             f"{len(self.block_out_channels)} levels (block_out_channels={self.block_out_channels}): "
+                             f"use a multiple of {2 ** halvings}, or fewer levels.")
         if len(self.attention_levels) != len(self.block_out_channels):
             raise ValueError(
                 f"attention_levels has {len(self.attention_levels)} entries but block_out_channels "
@@ -286,6 +352,13 @@ class ICLEVRConfig(DDPMConfig):
     def __post_init__(self):
         super().__post_init__()
         self.sweep_scales = tuple(float(w) for w in self.sweep_scales)
+        negative = [w for w in (self.guidance_scale, *self.sweep_scales) if w < 0]
+        if negative:
+            raise ValueError(f"guidance scale(s) {negative}: w must be ≥ 0 (ε = ε_uncond + w·(ε_cond − ε_uncond); "
+                             "0 = unconditional, 1 = conditional, > 1 guided). A negative w steers away from the labels.")
+        _check_positive(self, ("cond_drop_prob", "sweep_steps"), allow_zero=("cond_drop_prob",))
+        if self.cond_drop_prob >= 1:
+            raise ValueError(f"cond_drop_prob={self.cond_drop_prob}: the chance a label is hidden must be below 1.")
         if self.sweep_sampler not in ("ddpm", "ddim", "dpm"):
             raise ValueError(f"sweep_sampler {self.sweep_sampler!r}: use 'ddpm', 'ddim' or 'dpm'.")
         if self.denoising_frames < 8:
@@ -338,6 +411,9 @@ class DCGANConfig(_Folders):
 
     def __post_init__(self):
         self.adam_betas = tuple(self.adam_betas)
+        _check_positive(self, ("image_size", "channels", "latent_dim", "generator_width", "discriminator_width",
+                               "batch_size", "num_epochs", "max_steps", "learning_rate", "log_every",
+                               "checkpoint_every", "time_budget_minutes"))
         work = Path(self.workdir).expanduser() if self.workdir else default_workdir()
         self.workdir = str(work)
         self.checkpoint_dir = self.checkpoint_dir or str(work / "checkpoints" / self.name)

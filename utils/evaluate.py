@@ -11,6 +11,7 @@ Unlike the course's class this runs on any device and takes the checkpoint path 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,23 +73,46 @@ def find_evaluator(path: str | Path | None, data_dir: str | Path) -> Path | None
 
 
 def load_evaluator(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
-    """The course's ResNet-18 with the weights of ``checkpoint.pth`` (``weights_only=True``), in eval mode."""
+    """The course's ResNet-18 with the weights of ``checkpoint.pth`` (``weights_only=True``), in eval mode.
+
+    Accepts the course's ``{'model': state_dict}``, a bare state dict, and either with DataParallel's
+    ``module.`` prefix on every key.
+    """
     path = Path(path)
     if not path.is_file():
         raise EvaluatorError(f"No evaluator checkpoint at {path}. {HELP}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
+        if "Unsupported global" in str(err):  # torch's weights-only unpickler met a Python class or function
+            raise EvaluatorError(
+                f"{path} contains Python objects beyond tensors, so it is refused for safety (loading it could run "
+                "code). If you trust where it came from, load it there and re-save the weights alone: "
+                "torch.save({'model': net.state_dict()}, path).") from err
         raise EvaluatorError(f"{path} is not a readable checkpoint ({err}). Download it again. {HELP}") from err
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        found = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise EvaluatorError(f"{path} should be a dict with a 'model' entry (the course's format); found {found}. {HELP}")
     net = build_evaluator_network()
-    try:
-        net.load_state_dict(ckpt["model"])
-    except RuntimeError as err:
-        raise EvaluatorError(f"{path} does not hold the course's ResNet-18 weights ({err}). {HELP}") from err
+    net.load_state_dict(_evaluator_state_dict(ckpt, path, net.state_dict()))
     return net.to(device).eval()
+
+
+def _evaluator_state_dict(ckpt, path: Path, expected: dict) -> dict:
+    """The ResNet-18 weights in ``ckpt`` (see ``load_evaluator``), checked against ``expected``'s keys and shapes."""
+    state = ckpt["model"] if isinstance(ckpt, dict) and "model" in ckpt else ckpt
+    if isinstance(state, dict) and state and all(str(k).startswith("module.") for k in state):  # saved from DataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
+    if not isinstance(state, dict):
+        found = type(state).__name__
+    elif state.keys() != expected.keys():
+        missing = [k for k in expected if k not in state]
+        found = (f"keys {[str(k) for k in list(state)[:3]]}" + (f" … ({len(state)} in all)" if len(state) > 3 else "")
+                 + (f", without {missing[:2]}" if missing else ""))
+    else:
+        bad = next((k for k, v in expected.items() if not torch.is_tensor(state[k]) or state[k].shape != v.shape), None)
+        if bad is None:
+            return state
+        found = f"{bad} of shape {tuple(getattr(state[bad], 'shape', ()))}, not {tuple(expected[bad].shape)}"
+    raise EvaluatorError(f"{path} is not the course's evaluator: expected {{'model': state_dict}} of its ResNet-18 "
+                         f"(keys like conv1.weight, fc.0.weight; 24 labels); found {found}. {HELP}")
 
 
 @dataclass
@@ -224,6 +248,9 @@ def save_sweep(rows: list[dict], csv_path: str | Path, plot_path: str | Path | N
 # meaningful for natural multi-class images (CIFAR-10, ImageNet) but not for digits or anime faces.
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
+# Its SHA-256 (95,628,359 bytes), as pinned by independent projects' download manifests; the first 8 digits are
+# the file name's suffix, torch hub's convention.
+INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 
 
 class InceptionWeightsError(RuntimeError):
@@ -234,7 +261,7 @@ def inception_extractor(weights_path: str | Path | None = None) -> nn.Module:
     """torch-fidelity's Inception-v3 (the FID network) through torchmetrics: uint8 (B, 3, H, W) → (B, 2048).
 
     ``weights_path``: a local copy of ``weights-inception-2015-12-05-6726825d.pth``; None downloads it
-    once into torch hub's cache.
+    once into torch hub's cache. Either file is checked (``verify_inception_weights``) before use.
     """
     try:
         from torchmetrics.image.fid import NoTrainInceptionV3
@@ -244,13 +271,51 @@ def inception_extractor(weights_path: str | Path | None = None) -> nn.Module:
         weights_path = Path(weights_path).expanduser()
         if not weights_path.is_file():
             raise InceptionWeightsError(f"inception_weights={str(weights_path)!r} does not exist. " + _inception_help())
+    else:
+        weights_path = _cached_inception_weights()
+    verify_inception_weights(weights_path)  # torch-fidelity unpickles it with weights_only=False: check it first
     try:
         return NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                                  feature_extractor_weights_path=str(weights_path) if weights_path else None,
-                                  antialias=False)
-    except Exception as err:  # no internet, a broken download, a file that is not these weights
+                                  feature_extractor_weights_path=str(weights_path), antialias=False)
+    except Exception as err:  # a file that is not these weights
         raise InceptionWeightsError(f"Could not load the Inception-v3 weights for FID/KID ({type(err).__name__}: "
                                     f"{err}). " + _inception_help()) from err
+
+
+def _cached_inception_weights() -> Path:
+    """torch hub's copy of the Inception weights, downloaded (hash-checked by torch hub) if it is not there."""
+    import torch.hub
+
+    path = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(INCEPTION_URL, str(path), hash_prefix=INCEPTION_SHA256)
+        except Exception as err:  # no internet, a broken or wrong download
+            raise InceptionWeightsError(f"Could not download the Inception-v3 weights for FID/KID "
+                                        f"({type(err).__name__}: {err}). " + _inception_help()) from err
+    return path
+
+
+def verify_inception_weights(path: str | Path) -> None:
+    """Raise ``InceptionWeightsError`` unless ``path`` is the official Inception weights file.
+
+    Its SHA-256 must be ``INCEPTION_SHA256``, and it must load with ``weights_only=True`` (tensors only):
+    a pickle that would run code is refused without running it.
+    """
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    redo = "Delete it and use the official file instead. " + _inception_help()
+    if sha.hexdigest() != INCEPTION_SHA256:
+        raise InceptionWeightsError(f"{path} is not the official Inception-v3 weights: its SHA-256 is "
+                                    f"{sha.hexdigest()}, expected {INCEPTION_SHA256}. {redo}")
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise InceptionWeightsError(f"{path} has the expected SHA-256 but holds more than tensors "
+                                    f"({type(err).__name__}), so it is refused for safety. {redo}") from err
 
 
 def _inception_help() -> str:

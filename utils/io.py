@@ -3,19 +3,58 @@
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import torch
 
 
-def atomic_save(obj, path: str | Path) -> Path:
-    """``torch.save`` to a temp file, then rename: an interruption never leaves a broken file."""
+def previous_path(path: str | Path) -> Path:
+    """Where ``atomic_save(..., keep_previous=True)`` keeps the file it replaced: ``last.pt`` → ``last.previous.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.previous{path.suffix}")
+
+
+def atomic_save(obj, path: str | Path, *, keep_previous: bool = False, verify: bool = False) -> Path:
+    """``torch.save`` so that an interruption, a full disk or a second writer never leaves a broken ``path``.
+
+    The data go to a temp file with a name of its own (process id + random), are flushed to disk
+    (fsync), with ``verify`` read back with ``weights_only=True``, and only then renamed over ``path``.
+    With ``keep_previous`` the file it replaces stays as ``previous_path(path)``, so a damaged newest
+    file still leaves the one before. A failure removes the temp file and leaves ``path`` as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if verify:
+            safe_load(tmp)
+        if keep_previous and path.exists():
+            os.replace(path, previous_path(path))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
     return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def safe_load(path: str | Path, map_location="cpu"):

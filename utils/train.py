@@ -83,7 +83,8 @@ def load_data(cfg, accelerator) -> data.ImageSet:
                 data.write_iclevr_fixture(paths["data_dir"], n_scenes=8)
                 evaluate.write_evaluator_fixture(paths["data_dir"] / evaluate.EVALUATOR_FILE)
         if cfg.name == "mnist":
-            return data.load_mnist(paths["data_dir"], paths["cache_dir"], allow_offline_sample=cfg.allow_offline_sample)
+            return data.load_mnist(paths["data_dir"], paths["cache_dir"], allow_offline_sample=cfg.allow_offline_sample,
+                                   image_size=cfg.image_size)
         if cfg.name == "anime":
             return data.load_anime(paths["data_dir"], paths["cache_dir"], image_size=cfg.image_size,
                                    download=cfg.download, download_dir=cfg.download_dir, gdown_id=cfg.gdown_id)
@@ -101,7 +102,14 @@ def write_unconditional(cfg, ema, schedule) -> list[Path]:
     return [out / names["grid"], viz.save_gif(samples.frames, out / names["gif"], nrow=5)]
 
 
-def write_iclevr(cfg, ema, schedule, device) -> list[Path]:
+def load_course_evaluator(cfg, device):
+    """(path, evaluator) of the course's checkpoint.pth, or (None, None) when there is none; a wrong file
+    raises ``EvaluatorError`` — called before training, so it is not found out after hours of it."""
+    path = evaluate.find_evaluator(cfg.evaluator_checkpoint, cfg.data_dir)
+    return path, (evaluate.load_evaluator(path, device) if path is not None else None)
+
+
+def write_iclevr(cfg, ema, schedule, evaluator_path, evaluator) -> list[Path]:
     """Notebook 03's images: test/ and new_test/ (i.png for the i-th label list), their 8×4 grids,
     the GIF, the denoising row and, when the evaluator is there, ``accuracy.json``."""
     out = Path(cfg.output_dir)
@@ -125,11 +133,9 @@ def write_iclevr(cfg, ema, schedule, device) -> list[Path]:
                                num_frames=cfg.denoising_frames, **common)
     viz.denoising_strip(process.frames, out / "denoising_process.png")
     written.append(out / "denoising_process.png")
-    evaluator_path = evaluate.find_evaluator(cfg.evaluator_checkpoint, cfg.data_dir)
-    if evaluator_path is None:
+    if evaluator is None:
         print(f"Accuracy skipped: no evaluator {evaluate.EVALUATOR_FILE} in {cfg.data_dir} (see data_links.md).")
         return written
-    evaluator = evaluate.load_evaluator(evaluator_path, device)
     scores = {name: evaluate.accuracy(evaluator, evaluate.as_saved(samples[name].images), labels)
               for name, labels in label_sets.items()}
     written.append(evaluate.save_accuracy(scores, out / "accuracy.json", guidance_scale=cfg.guidance_scale,
@@ -162,6 +168,8 @@ def main(argv: list[str] | None = None) -> training.TrainResult:
         print(f"{cfg.name}: {len(images):,} images from {images.source}; {accelerator.num_processes} process(es) "
               f"× batch {cfg.batch_size} on {device}, mixed precision {mixed_precision}; "
               f"{len(loader)} steps per epoch; outputs → {cfg.output_dir}")
+    if cfg.name == "iclevr" and accelerator.is_main_process:
+        evaluator_path, evaluator = load_course_evaluator(cfg, device)
     result = training.train(models.build_model(cfg), loss_fn, loader, cfg, accelerator=accelerator)
     if not accelerator.is_main_process:
         return result
@@ -170,7 +178,7 @@ def main(argv: list[str] | None = None) -> training.TrainResult:
     plt.close(viz.plot_loss(result.loss_history, out / HANDIN[cfg.name]["loss"], title=HANDIN[cfg.name]["title"]))
     written = [out / HANDIN[cfg.name]["loss"]]
     if cfg.name == "iclevr":
-        written += write_iclevr(cfg, result.ema_model, schedule, device)
+        written += write_iclevr(cfg, result.ema_model, schedule, evaluator_path, evaluator)
     else:
         written += write_unconditional(cfg, result.ema_model, schedule)
     print(f"Wrote {len(written)} files in {out}: " + ", ".join(sorted({p.relative_to(out).parts[0] for p in written})))

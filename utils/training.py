@@ -8,10 +8,15 @@ automatic resume, a NaN guard and a time budget.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import os
 import random
+import socket
+import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .devices import pick_device, resolve_mixed_precision
-from .io import atomic_save, safe_load
+from .io import atomic_save, previous_path, safe_load
 
 CHECKPOINT_NAME = "last.pt"
 CHECKPOINT_FORMAT = 1
@@ -74,14 +79,28 @@ def check_compatible(saved_config: dict, cfg, path: Path) -> None:
 
 
 def load_checkpoint(path: str | Path, cfg=None) -> dict:
-    """Read a checkpoint (``weights_only=True``); with ``cfg``, check it fits that config."""
+    """Read a checkpoint (``weights_only=True``); with ``cfg``, check it fits that config.
+
+    A damaged or missing ``path`` falls back, with a warning, to the checkpoint it replaced
+    (``last.previous.pt``, kept by every save), so one bad write never costs the whole run.
+    """
     path = Path(path)
-    if not path.exists():
+    previous = previous_path(path)
+    if not path.exists() and not previous.exists():
         raise CheckpointError(f"No checkpoint at {path}. Train first (the training cell writes it).")
     try:
         ckpt = safe_load(path)
     except Exception as err:
-        raise CheckpointError(f"{path} is not a readable checkpoint ({err}). Delete it and train again.") from err
+        try:
+            ckpt = safe_load(previous)
+        except Exception:
+            problem = "is missing" if not path.exists() else f"is damaged ({type(err).__name__}: {err})"
+            raise CheckpointError(
+                f"{path} {problem}, and there is no readable earlier checkpoint ({previous.name}) to fall back on. "
+                "Set resume=False to start over (the damaged file is kept, renamed), or copy a good last.pt back "
+                "(e.g. from Drive's file history).") from err
+        warnings.warn(f"{path} is damaged or missing ({type(err).__name__}); using the checkpoint before it, "
+                      f"{previous.name} (step {ckpt.get('step')}).")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint written by utils.training (format "
                               f"{CHECKPOINT_FORMAT}). Point checkpoint_dir at this bundle's checkpoints.")
@@ -174,6 +193,95 @@ def notebook_accelerator(mixed_precision: str):
     return Accelerator(mixed_precision=precision, cpu=cpu)
 
 
+class TrainingLock:
+    """``training.lock`` in a checkpoint folder: one training run per folder at a time.
+
+    Two runs on one folder (two Colab tabs, the CLI beside a notebook) would overwrite each other's
+    checkpoints. The lock names its owner (host, process, start) and is renewed every
+    ``RENEW_SECONDS`` by a background thread; a lock whose process is gone (same host) or that was
+    not renewed for ``STALE_SECONDS`` (a Colab session that disconnected) is taken over.
+    """
+
+    RENEW_SECONDS = 30
+    STALE_SECONDS = 300
+
+    def __init__(self, folder: str | Path):
+        self.path = Path(folder) / "training.lock"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "TrainingLock":
+        owner = f"{socket.gethostname()} pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if not self._stale():
+                raise CheckpointError(self._busy_message()) from None
+            self.path.unlink(missing_ok=True)
+            return self.__enter__()
+        except OSError as err:
+            raise CheckpointError(
+                f"Cannot write to checkpoint_dir {self.path.parent} ({err.strerror or err}). Choose a folder you "
+                "can write to (checkpoint_dir=...), or fix its permissions; on Colab, check that Drive is mounted "
+                "and not full.") from err
+        with os.fdopen(fd, "w") as f:
+            f.write(owner)
+        self._thread = threading.Thread(target=self._renew, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.path.unlink(missing_ok=True)
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.RENEW_SECONDS):
+            try:
+                os.utime(self.path)
+            except OSError:
+                pass
+
+    def _owner(self) -> tuple[str, int | None]:
+        try:
+            text = self.path.read_text()
+        except OSError:
+            return "", None
+        host, _, rest = text.partition(" pid ")
+        pid = rest.split(" ", 1)[0]
+        return host, int(pid) if pid.isdigit() else None
+
+    def _stale(self) -> bool:
+        try:
+            age = time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return True
+        host, pid = self._owner()
+        if host == socket.gethostname() and pid is not None:
+            if pid == os.getpid():
+                return True                     # left by this very process (an interrupted earlier call)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True                     # that process has ended
+            except PermissionError:
+                pass
+        return age > self.STALE_SECONDS
+
+    def _busy_message(self) -> str:
+        try:
+            owner = self.path.read_text()
+            age = time.time() - self.path.stat().st_mtime
+        except OSError:
+            owner, age = "another process", 0.0
+        return (f"Another run is training in {self.path.parent}: {owner} (its lock was renewed {age:.0f} s ago). "
+                "Two runs on one checkpoint folder would overwrite each other's checkpoints. Wait for it to finish "
+                f"or stop it. If it is gone (a disconnected Colab session), its lock expires {self.STALE_SECONDS} s "
+                f"after its last renewal, or delete {self.path}. To train a second model, use another checkpoint_dir.")
+
+
 def train(model: nn.Module, loss_fn: Callable, loader, cfg, *, on_log: Callable[[Progress], None] | None = None,
           accelerator=None, progress: bool = True) -> TrainResult:
     """Train ``model`` to minimise ``loss_fn(model, batch)`` over ``loader``; return the result.
@@ -192,13 +300,23 @@ def train(model: nn.Module, loss_fn: Callable, loader, cfg, *, on_log: Callable[
     that ``accelerator``: every process starts from the main process's weights and draws its
     own noise, the history holds the mean loss over processes (one entry per step), and only
     the main process writes checkpoints. Resuming on several machines needs ``checkpoint_dir``
-    on a file system they share.
+    on a file system they share. While it trains, ``checkpoint_dir/training.lock`` keeps a second
+    run out of the same folder (``TrainingLock``).
+
+    Weights that are not finite are never saved: a NaN or infinite loss, or weights gone non-finite
+    at a checkpoint step, stop training with a ``FloatingPointError`` that names the last good checkpoint.
     """
+    if accelerator is None:
+        accelerator = notebook_accelerator(cfg.mixed_precision)
+    with TrainingLock(cfg.checkpoint_dir) if accelerator.is_main_process else contextlib.nullcontext():
+        return _train(model, loss_fn, loader, cfg, on_log, accelerator, progress)
+
+
+def _train(model: nn.Module, loss_fn: Callable, loader, cfg, on_log, accelerator, progress: bool) -> TrainResult:
+    """``train`` after the accelerator and the folder lock are in place."""
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
-    if accelerator is None:
-        accelerator = notebook_accelerator(cfg.mixed_precision)
     main = accelerator.is_main_process
     steps_per_epoch = len(loader)
     total_steps = cfg.max_steps or cfg.num_epochs * steps_per_epoch
@@ -254,20 +372,43 @@ def train(model: nn.Module, loss_fn: Callable, loader, cfg, *, on_log: Callable[
         ema.copy_to(ema_twin.parameters())
         return ema_twin
 
+    saved_step = step if step else None    # the step of the last good checkpoint on disk, None for none
+
+    def last_good() -> str:
+        if saved_step is None:
+            return "No checkpoint of this run was written, so running the cell again starts from scratch."
+        return (f"The last good checkpoint is {ckpt_file} (step {saved_step}), untouched: running the cell again "
+                f"resumes from it; resume=False starts over.")
+
     def save():
         from accelerate.utils import gather_object
 
+        nonlocal saved_step
+        finite = torch.stack([p.detach().isfinite().all() for p in raw_model.parameters()]).all()
+        if not bool(finite):   # one sync per checkpoint: bad weights never overwrite good ones
+            bar.close()
+            raise FloatingPointError(
+                f"The weights became NaN or infinite by step {step} (the losses read so far were finite); nothing "
+                f"was saved. {last_good()} Lower learning_rate (now {cfg.learning_rate}) or grad_clip, or set "
+                "mixed_precision='no', then run again.")
         accelerator.wait_for_everyone()
         rng_ranks = gather_object([_rng_state()])  # every process's RNG state, in rank order
         if main:
-            atomic_save({
-                "format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "step": step,
-                "model": raw_model.state_dict(), "ema": ema.state_dict(),
-                "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
-                "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-                "loss_history": torch.tensor(history, dtype=torch.float64), "rng": rng_ranks[0],
-                "rng_ranks": rng_ranks,
-            }, ckpt_file)
+            try:
+                atomic_save({
+                    "format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "step": step,
+                    "model": raw_model.state_dict(), "ema": ema.state_dict(),
+                    "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
+                    "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+                    "loss_history": torch.tensor(history, dtype=torch.float64), "rng": rng_ranks[0],
+                    "rng_ranks": rng_ranks,
+                }, ckpt_file, keep_previous=True, verify=True)
+            except OSError as err:
+                bar.close()
+                raise CheckpointError(
+                    f"Could not write the checkpoint {ckpt_file} at step {step} ({err.strerror or err}). {last_good()} "
+                    "Free space (or quota on Drive) or choose another checkpoint_dir, then run again.") from err
+        saved_step = step
 
     def finished(reason: str) -> TrainResult:
         """The result, its networks without Accelerate's training autocast (sampling picks its precision)."""
@@ -299,9 +440,8 @@ def train(model: nn.Module, loss_fn: Callable, loader, cfg, *, on_log: Callable[
         if bad is not None:
             bar.close()
             raise FloatingPointError(
-                f"The loss became {values[bad]} at step {first + bad}; training stopped. "
-                f"The last checkpoint ({ckpt_file}) is from before it and untouched. Lower learning_rate "
-                f"(now {cfg.learning_rate}) or grad_clip, or set mixed_precision='no', then run again.")
+                f"The loss became {values[bad]} at step {first + bad}; training stopped. {last_good()} Lower "
+                f"learning_rate (now {cfg.learning_rate}) or grad_clip, or set mixed_precision='no', then run again.")
         history.extend(values)
         pending = []
         bar.update(len(values))

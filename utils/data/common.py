@@ -68,9 +68,20 @@ def list_images(folder: str | Path) -> list[Path]:
                   key=_natural_key)
 
 
+def _gray_to_8bit(image: Image.Image) -> Image.Image:
+    """A 16- or 32-bit integer grayscale image (PIL mode "I;16…" or "I") as 8-bit "L", scaled by
+    255 / max (16-bit: value / 257); PIL's ``convert`` would clip every value above 255 to white.
+    Mode "I" (signed 32-bit) counts as 16-bit when its values fit, as older PIL opens 16-bit PNGs."""
+    pixels = np.asarray(image).astype(np.float64)                     # (H, W)
+    top = 2 ** 16 - 1 if image.mode.startswith("I;16") or pixels.max(initial=0) <= 2 ** 16 - 1 else 2 ** 31 - 1
+    return Image.fromarray(np.clip(np.rint(pixels * 255 / top), 0, 255).astype(np.uint8))
+
+
 def _decode_one(path: Path, image_size: int, mode: str, flatten_alpha: bool = True) -> np.ndarray:
     with Image.open(path) as image:
         image.load()
+        if image.mode == "I" or image.mode.startswith("I;16"):
+            image = _gray_to_8bit(image)
         if flatten_alpha and mode == "RGB" and image.mode in ("RGBA", "LA", "P"):
             # transparent pixels become white, not whatever color hides under alpha = 0
             rgba = image.convert("RGBA")

@@ -22,6 +22,8 @@ from .common import DatasetError, ImageSet, cache_path, decode_images, load_or_b
 
 LABEL_FILES = ("objects.json", "test.json", "new_test.json")
 BUNDLED_LABELS = Path(__file__).resolve().parent / "iclevr_labels"   # the course's real label files
+COURSE_LISTS = 32                   # label lists in test.json and in new_test.json
+MIN_OBJECTS, MAX_OBJECTS = 1, 3     # objects per label list in the course's files
 HELP = "Get iCLEVR as data_links.md (section iCLEVR) describes, or set data_dir to the folder that holds it."
 
 # Colors of the CLEVR renderer (RGB), used by the fixture and the learnability benchmark.
@@ -52,8 +54,12 @@ def load_objects(path: str | Path) -> dict[str, int]:
     return objects
 
 
-def load_label_lists(path: str | Path) -> list[list[str]]:
-    """``test.json`` / ``new_test.json``: a list of object-name lists, one per image to generate."""
+def load_label_lists(path: str | Path, *, expected_lists: int | None = COURSE_LISTS) -> list[list[str]]:
+    """``test.json`` / ``new_test.json``: a list of object-name lists, one per image to generate.
+
+    A list of other than 1–3 objects, or a file of other than ``expected_lists`` lists (the course's
+    32; None: any number), is an error that names the file and the list.
+    """
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"No label file at {path}. {HELP}")
@@ -61,6 +67,14 @@ def load_label_lists(path: str | Path) -> list[list[str]]:
     if not isinstance(lists, list) or not all(isinstance(names, list) for names in lists):
         raise DatasetError(f"{path} should hold a list of lists of object names, like "
                            f'[["gray cube"], ["red cube", "blue sphere"]]. {HELP}')
+    again = f"Copy the file again from the course's lab files. {HELP}"
+    for i, names in enumerate(lists):
+        if not MIN_OBJECTS <= len(names) <= MAX_OBJECTS:
+            raise DatasetError(f"{path}: label list #{i} (0-based) {names} holds {len(names)} objects; the course's "
+                               f"label lists hold {MIN_OBJECTS}–{MAX_OBJECTS} object names each. {again}")
+    if expected_lists is not None and len(lists) != expected_lists:
+        raise DatasetError(f"{path} holds {len(lists)} label lists, expected {expected_lists} (the course's test.json "
+                           f"and new_test.json hold {COURSE_LISTS} each, one per image to generate). {again}")
     return lists
 
 
@@ -209,7 +223,7 @@ def draw_scene(names: list[str], rng: random.Random, *, width: int = 320, height
 def random_label_lists(n: int, rng: random.Random) -> list[list[str]]:
     """``n`` lists of 1–3 distinct object names, drawn uniformly."""
     names = object_names()
-    return [rng.sample(names, rng.randint(1, 3)) for _ in range(n)]
+    return [rng.sample(names, rng.randint(MIN_OBJECTS, MAX_OBJECTS)) for _ in range(n)]
 
 
 def write_iclevr_fixture(root: str | Path, n_scenes: int = 8, *, seed: int = 0) -> Path:

