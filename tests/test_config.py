@@ -125,6 +125,8 @@ def test_a_papermill_parameter_the_notebook_does_not_have_is_refused_with_the_kn
         config.check_notebook_parameters(history)
     config.check_notebook_parameters(history[:3] + ["# Parameters\nnum_epochs = 3\n"])   # known: fine
     config.check_notebook_parameters(history[:3])                                        # not under papermill
+    config.check_notebook_parameters(history[:3] + ["# Parameters I changed\nnum_epochs = 50\n"])  # a student's cell
+    config.check_notebook_parameters(history[:3] + ["# Parameters\nPAPERMILL_INPUT_PATH = 'a.ipynb'\n"])
 
 
 def test_papermill_stops_notebook_01_at_an_unknown_parameter(tmp_path):

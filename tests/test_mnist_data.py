@@ -191,6 +191,12 @@ def test_16_bit_png_decodes_like_its_8_bit_version(tmp_path, mode):
     assert (eight.int() - sixteen.int()).abs().max() <= 1
 
 
+def test_a_16_bit_file_holding_8_bit_values_keeps_them():
+    digit = data.offline_sample().images[0, 0].numpy()
+    as_16bit = Image.fromarray(digit.astype(np.uint16))                   # 0–255 stored in 16 bits
+    assert np.array_equal(np.asarray(common._gray_to_8bit(as_16bit)), digit)
+
+
 def test_32_bit_gray_holding_16_bit_values_scales_like_16_bit():
     digit = data.offline_sample().images[0, 0].numpy()
     as_int32 = Image.fromarray(digit.astype(np.int32) * 257)             # mode "I": older PIL's 16-bit PNG

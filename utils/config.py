@@ -86,14 +86,15 @@ def check_notebook_parameters(history: list[str] | None = None) -> None:
             return
         shell = get_ipython()
         history = list(shell.user_ns.get("In", [])) if shell is not None else []
-    injected = [i for i, source in enumerate(history) if source.lstrip().startswith("# Parameters")]
+    injected = [i for i, source in enumerate(history) if source.startswith("# Parameters\n")]   # papermill's header
     if not injected or injected[-1] == 0:
         return
     def assigned(source: str) -> set[str]:
         return {target.id for node in ast.parse(source).body if isinstance(node, ast.Assign)
                 for target in node.targets if isinstance(target, ast.Name)}
     known = assigned(history[injected[-1] - 1])
-    unknown = sorted(assigned(history[injected[-1]]) - known)
+    unknown = sorted(name for name in assigned(history[injected[-1]]) - known
+                     if not name.startswith("PAPERMILL_"))          # papermill --inject-paths adds these
     if unknown:
         raise ValueError(f"Unknown notebook parameter(s) {unknown}: this notebook's parameters are "
                          f"{sorted(known)}. Other settings: edit the config cell (config.make_config(..., "
@@ -128,12 +129,14 @@ class _Folders:
     ARCHITECTURE: ClassVar[tuple[str, ...]] = ()
 
     def paths(self) -> dict[str, Path]:
-        """The config's folders (``FOLDERS``) as Paths, created if missing and checked to be writable, so a
-        read-only or missing Drive folder is named now, not after training."""
+        """The config's folders (``FOLDERS``) as Paths, created if missing and, but for ``data_dir``, checked to
+        be writable, so a read-only or missing Drive folder is named now, not after training."""
         out = {k: Path(getattr(self, k)) for k in self.FOLDERS}
         for name, folder in out.items():
             try:
                 folder.mkdir(parents=True, exist_ok=True)
+                if name == "data_dir":
+                    continue                      # only read in a full run: a read-only shared copy is fine
                 probe = folder / f".write-test-{os.getpid()}"
                 probe.touch()
                 probe.unlink()

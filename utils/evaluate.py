@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from . import diffusion, viz
 from .data import to_model, to_unit
 from .devices import model_device
-from .io import atomic_save
+from .io import atomic_save, previous_path
 
 EVALUATOR_FILE = "checkpoint.pth"
 HELP = ("The evaluator weights checkpoint.pth come with the course's lab files: see data_links.md, "
@@ -490,7 +490,7 @@ def load_trained(model: nn.Module, cfg, notebook: str) -> nn.Module:
     from . import training
 
     path = training.checkpoint_path(cfg.checkpoint_dir)
-    if not path.exists():
+    if not path.exists() and not previous_path(path).exists():
         raise training.CheckpointError(
             f"No trained {cfg.name} model at {path}. Run notebook {notebook} first, with the same work dir "
             f"({cfg.workdir}) and preset, then run this cell again.")

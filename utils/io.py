@@ -21,26 +21,45 @@ def atomic_save(obj, path: str | Path, *, keep_previous: bool = False, verify: b
     The data go to a temp file with a name of its own (process id + random), are flushed to disk
     (fsync), with ``verify`` read back with ``weights_only=True``, and only then renamed over ``path``.
     With ``keep_previous`` the file it replaces stays as ``previous_path(path)``, so a damaged newest
-    file still leaves the one before. A failure removes the temp file and leaves ``path`` as it was.
+    file still leaves the one before. A failure (a full disk: torch reports it as a RuntimeError, raised
+    here as an OSError) removes the temp file and leaves ``path`` as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = temp_path(path)
+    rotated = False
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        if verify:
-            safe_load(tmp)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+            if verify:
+                safe_load(tmp)
+        except RuntimeError as err:   # torch's zip writer: "unexpected pos …" on a full disk; a bad read-back
+            raise OSError(f"writing {path.name} failed ({err})") from err
         if keep_previous and path.exists():
             os.replace(path, previous_path(path))
+            rotated = True
         os.replace(tmp, path)
     except BaseException:
+        if rotated and not path.exists():   # interrupted between the two renames: put the old file back
+            os.replace(previous_path(path), path)
         tmp.unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
     return path
+
+
+def temp_path(path: Path) -> Path:
+    """A temp file name for ``path`` that no other writer shares: ``.last.pt.<pid>.<random>.tmp``."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def leftover_temp_files(path: str | Path) -> list[Path]:
+    """Temp files of ``path`` that an interrupted ``atomic_save`` (a killed process) left behind."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
 
 
 def _fsync_folder(folder: Path) -> None:

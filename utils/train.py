@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> training.TrainResult:
         print(f"{cfg.name}: {len(images):,} images from {images.source}; {accelerator.num_processes} process(es) "
               f"× batch {cfg.batch_size} on {device}, mixed precision {mixed_precision}; "
               f"{len(loader)} steps per epoch; outputs → {cfg.output_dir}")
-    if cfg.name == "iclevr" and accelerator.is_main_process:
+    if cfg.name == "iclevr":   # on every process: a bad file stops them all, none waits for the others
         evaluator_path, evaluator = load_course_evaluator(cfg, device)
     result = training.train(models.build_model(cfg), loss_fn, loader, cfg, accelerator=accelerator)
     if not accelerator.is_main_process:

@@ -26,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .devices import pick_device, resolve_mixed_precision
-from .io import atomic_save, previous_path, safe_load
+from .io import atomic_save, leftover_temp_files, previous_path, safe_load
 
 CHECKPOINT_NAME = "last.pt"
 CHECKPOINT_FORMAT = 1
@@ -101,6 +101,8 @@ def load_checkpoint(path: str | Path, cfg=None) -> dict:
                 "(e.g. from Drive's file history).") from err
         warnings.warn(f"{path} is damaged or missing ({type(err).__name__}); using the checkpoint before it, "
                       f"{previous.name} (step {ckpt.get('step')}).")
+        if isinstance(ckpt, dict):
+            ckpt["loaded_from"] = str(previous)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint written by utils.training (format "
                               f"{CHECKPOINT_FORMAT}). Point checkpoint_dir at this bundle's checkpoints.")
@@ -199,7 +201,8 @@ class TrainingLock:
     Two runs on one folder (two Colab tabs, the CLI beside a notebook) would overwrite each other's
     checkpoints. The lock names its owner (host, process, start) and is renewed every
     ``RENEW_SECONDS`` by a background thread; a lock whose process is gone (same host) or that was
-    not renewed for ``STALE_SECONDS`` (a Colab session that disconnected) is taken over.
+    not renewed for ``STALE_SECONDS`` (a Colab session that disconnected) is taken over. Across
+    machines (Drive) it is best effort: it relies on the file system's create-exclusive and mtimes.
     """
 
     RENEW_SECONDS = 30
@@ -227,6 +230,7 @@ class TrainingLock:
                 "and not full.") from err
         with os.fdopen(fd, "w") as f:
             f.write(owner)
+        self._owner_text = owner
         self._thread = threading.Thread(target=self._renew, daemon=True)
         self._thread.start()
         return self
@@ -235,7 +239,11 @@ class TrainingLock:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self.path.unlink(missing_ok=True)
+        try:
+            if self.path.read_text() == self._owner_text:      # never remove a lock another run took over
+                self.path.unlink()
+        except OSError:
+            pass
 
     def _renew(self) -> None:
         while not self._stop.wait(self.RENEW_SECONDS):
@@ -308,7 +316,17 @@ def train(model: nn.Module, loss_fn: Callable, loader, cfg, *, on_log: Callable[
     """
     if accelerator is None:
         accelerator = notebook_accelerator(cfg.mixed_precision)
-    with TrainingLock(cfg.checkpoint_dir) if accelerator.is_main_process else contextlib.nullcontext():
+    with contextlib.ExitStack() as stack:
+        error = None
+        if accelerator.is_main_process:
+            try:
+                stack.enter_context(TrainingLock(cfg.checkpoint_dir))
+            except CheckpointError as err:
+                error = err
+        if accelerator.num_processes > 1 and _main_decides(error is not None, accelerator) and error is None:
+            error = CheckpointError(f"The main process could not lock {cfg.checkpoint_dir}: see its message.")
+        if error is not None:                       # every process stops, none waits for the others
+            raise error
         return _train(model, loss_fn, loader, cfg, on_log, accelerator, progress)
 
 
@@ -335,7 +353,12 @@ def _train(model: nn.Module, loss_fn: Callable, loader, cfg, on_log, accelerator
     history: list[float] = []
     step = 0
 
-    if ckpt_file.exists() and cfg.resume:
+    if main:
+        for leftover in leftover_temp_files(ckpt_file):   # saves a killed run never finished (this run holds the lock)
+            leftover.unlink(missing_ok=True)
+    previous = previous_path(ckpt_file)
+    has_checkpoint = ckpt_file.exists() or previous.exists()
+    if has_checkpoint and cfg.resume:
         ckpt = load_checkpoint(ckpt_file, cfg)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -348,12 +371,18 @@ def _train(model: nn.Module, loss_fn: Callable, loader, cfg, on_log, accelerator
         _resume_rng(ckpt, accelerator, cfg.seed)
         if accelerator.scaler is not None and ckpt.get("scaler"):
             accelerator.scaler.load_state_dict(ckpt["scaler"])
+        accelerator.wait_for_everyone()            # every process has read it before the files move
+        if main and ckpt.get("loaded_from"):       # last.pt damaged or missing: the one before becomes last.pt
+            if ckpt_file.exists():
+                ckpt_file.rename(ckpt_file.with_name(f"last.damaged-{time.strftime('%Y%m%d-%H%M%S')}.pt"))
+            os.replace(previous, ckpt_file)
         if main:
             print(f"Resuming from {ckpt_file}: step {step} of {total_steps}, {len(history)} losses kept.")
-    elif ckpt_file.exists() and main:
-        kept = ckpt_file.with_name(f"replaced_{time.strftime('%Y%m%d-%H%M%S')}.pt")
-        ckpt_file.rename(kept)
-        print(f"resume=False: starting over; the previous checkpoint is kept as {kept}.")
+    elif has_checkpoint and main:
+        stamp = time.strftime('%Y%m%d-%H%M%S')
+        kept = [f.rename(f.with_name(f"replaced_{stamp}{f.name[len('last'):]}")) for f in (ckpt_file, previous)
+                if f.exists()]
+        print(f"resume=False: starting over; the earlier checkpoints are kept as {', '.join(map(str, kept))}.")
     if step == 0 and accelerator.num_processes > 1:
         _seed_rank(cfg.seed, accelerator)
     accelerator.wait_for_everyone()
@@ -377,8 +406,9 @@ def _train(model: nn.Module, loss_fn: Callable, loader, cfg, on_log, accelerator
     def last_good() -> str:
         if saved_step is None:
             return "No checkpoint of this run was written, so running the cell again starts from scratch."
-        return (f"The last good checkpoint is {ckpt_file} (step {saved_step}), untouched: running the cell again "
-                f"resumes from it; resume=False starts over.")
+        again = ("running the cell again resumes from it; resume=False starts over" if cfg.resume else
+                 "set resume=True to continue from it (with resume=False a rerun starts over)")
+        return f"The last good checkpoint is {ckpt_file} (step {saved_step}), untouched: {again}."
 
     def save():
         from accelerate.utils import gather_object
@@ -393,6 +423,7 @@ def _train(model: nn.Module, loss_fn: Callable, loader, cfg, on_log, accelerator
                 "mixed_precision='no', then run again.")
         accelerator.wait_for_everyone()
         rng_ranks = gather_object([_rng_state()])  # every process's RNG state, in rank order
+        failure = None
         if main:
             try:
                 atomic_save({
@@ -404,10 +435,15 @@ def _train(model: nn.Module, loss_fn: Callable, loader, cfg, on_log, accelerator
                     "rng_ranks": rng_ranks,
                 }, ckpt_file, keep_previous=True, verify=True)
             except OSError as err:
-                bar.close()
-                raise CheckpointError(
+                failure = CheckpointError(
                     f"Could not write the checkpoint {ckpt_file} at step {step} ({err.strerror or err}). {last_good()} "
-                    "Free space (or quota on Drive) or choose another checkpoint_dir, then run again.") from err
+                    "Free space (or quota on Drive) or choose another checkpoint_dir, then run again.")
+                failure.__cause__ = err
+        if accelerator.num_processes > 1 and _main_decides(failure is not None, accelerator) and failure is None:
+            failure = CheckpointError(f"The main process could not write {ckpt_file}: see its message.")
+        if failure is not None:                    # every process stops, none waits at the next collective
+            bar.close()
+            raise failure
         saved_step = step
 
     def finished(reason: str) -> TrainResult:

@@ -73,7 +73,12 @@ def _gray_to_8bit(image: Image.Image) -> Image.Image:
     255 / max (16-bit: value / 257); PIL's ``convert`` would clip every value above 255 to white.
     Mode "I" (signed 32-bit) counts as 16-bit when its values fit, as older PIL opens 16-bit PNGs."""
     pixels = np.asarray(image).astype(np.float64)                     # (H, W)
-    top = 2 ** 16 - 1 if image.mode.startswith("I;16") or pixels.max(initial=0) <= 2 ** 16 - 1 else 2 ** 31 - 1
+    if pixels.max(initial=0) <= 255:
+        top = 255                   # 8-bit values stored in a 16-bit file: keep them as they are
+    elif image.mode.startswith("I;16") or pixels.max(initial=0) <= 2 ** 16 - 1:
+        top = 2 ** 16 - 1
+    else:
+        top = 2 ** 31 - 1
     return Image.fromarray(np.clip(np.rint(pixels * 255 / top), 0, 255).astype(np.uint8))
 
 
