@@ -20,8 +20,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from .data.iclevr import COURSE_LISTS
+
 GRID_PADDING = 2       # pixels between and around the images of a grid (viz.save_grid's default)
-ICLEVR_SET_SIZE = 32   # label lists in test.json and in new_test.json
+ICLEVR_SET_SIZE = COURSE_LISTS   # label lists in test.json and in new_test.json
 README_MARKER = "[edit me]"
 
 NB01, NB02, NB03 = "notebook 01_mnist_ddpm", "notebook 02_anime_faces_ddpm", "notebook 03_iclevr_cfg"
