@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .devices import PRECISIONS, pick_device, resolve_mixed_precision  # noqa: F401  (config.pick_device in notebooks)
+from .io import unwritable_message
 
 BUNDLE_ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,16 +109,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _check_positive(cfg, names: tuple[str, ...], *, allow_zero: tuple[str, ...] = ()) -> None:
-    """Raise one ValueError naming every field of ``names`` that is not a positive number (0 allowed for
-    ``allow_zero``; None allowed for optional fields)."""
+def _check_positive(cfg, positive: tuple[str, ...], non_negative: tuple[str, ...] = ()) -> None:
+    """Raise one ValueError naming every field that is not a number > 0 (``positive``) or ≥ 0
+    (``non_negative``); None is allowed (optional fields)."""
     bad = []
-    for name in names:
-        value = getattr(cfg, name)
+    for name in (*positive, *non_negative):
+        value, zero_ok = getattr(cfg, name), name in non_negative
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (value == 0 and name not in allow_zero):
-            bad.append(f"{name}={value!r} (needs a number {'≥ 0' if name in allow_zero else '> 0'})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (value == 0 and not zero_ok):
+            bad.append(f"{name}={value!r} (needs a number {'≥ 0' if zero_ok else '> 0'})")
     if bad:
         raise ValueError(f"{type(cfg).__name__}: " + "; ".join(bad) + ".")
 
@@ -141,10 +142,7 @@ class _Folders:
                 probe.touch()
                 probe.unlink()
             except OSError as err:
-                raise PermissionError(
-                    f"{name}={str(folder)!r} cannot be written ({err.strerror or err}). Choose a folder you can write "
-                    f"to ({name}=...), or fix its permissions; on Colab, check that Drive is mounted and not full."
-                ) from err
+                raise PermissionError(unwritable_message(name, folder, err)) from err
         return out
 
     def to_dict(self) -> dict:
@@ -219,10 +217,9 @@ class DDPMConfig(_Folders):
         _check_positive(self, ("image_size", "channels", "batch_size", "num_epochs", "max_steps", "learning_rate",
                                "num_train_timesteps", "log_every", "checkpoint_every", "num_inference_steps",
                                "preview_steps", "gif_frames", "layers_per_block", "norm_num_groups",
-                               "time_budget_minutes", "preview_every", "warmup_steps", "grad_clip", "num_labels",
-                               "weight_decay", "ema_decay"),
-                        allow_zero=("preview_every", "warmup_steps", "grad_clip", "num_labels", "weight_decay",
-                                    "ema_decay"))
+                               "time_budget_minutes"),
+                        non_negative=("preview_every", "warmup_steps", "grad_clip", "num_labels", "weight_decay",
+                                      "ema_decay"))
         halvings = len(self.block_out_channels) - 1          # the U-Net halves the image between levels
         if self.image_size % 2 ** halvings:
             raise ValueError(f"image_size={self.image_size} must halve {halvings} times through the U-Net's "
@@ -359,7 +356,7 @@ class ICLEVRConfig(DDPMConfig):
         if negative:
             raise ValueError(f"guidance scale(s) {negative}: w must be ≥ 0 (ε = ε_uncond + w·(ε_cond − ε_uncond); "
                              "0 = unconditional, 1 = conditional, > 1 guided). A negative w steers away from the labels.")
-        _check_positive(self, ("cond_drop_prob", "sweep_steps"), allow_zero=("cond_drop_prob",))
+        _check_positive(self, ("sweep_steps",), non_negative=("cond_drop_prob",))
         if self.cond_drop_prob >= 1:
             raise ValueError(f"cond_drop_prob={self.cond_drop_prob}: the chance a label is hidden must be below 1.")
         if self.sweep_sampler not in ("ddpm", "ddim", "dpm"):

@@ -9,6 +9,13 @@ from pathlib import Path
 import torch
 
 
+def unwritable_message(setting: str, folder: str | Path, err: OSError) -> str:
+    """What to tell a student whose ``setting`` folder cannot be written (config paths, checkpoints)."""
+    return (f"Cannot write to {setting}={str(folder)!r}: the folder cannot be written ({err.strerror or err}). "
+            f"Choose a folder you can write to ({setting}=...), or fix its permissions; on Colab, check that Drive "
+            "is mounted and not full.")
+
+
 def previous_path(path: str | Path) -> Path:
     """Where ``atomic_save(..., keep_previous=True)`` keeps the file it replaced: ``last.pt`` → ``last.previous.pt``."""
     path = Path(path)

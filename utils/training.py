@@ -26,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .devices import pick_device, resolve_mixed_precision
-from .io import atomic_save, leftover_temp_files, previous_path, safe_load
+from .io import atomic_save, leftover_temp_files, previous_path, safe_load, unwritable_message
 
 CHECKPOINT_NAME = "last.pt"
 CHECKPOINT_FORMAT = 1
@@ -160,6 +160,15 @@ def _sync_from_main(model: nn.Module, accelerator) -> None:
             torch.distributed.broadcast(tensor, src=0)
 
 
+def _stop_everywhere(error: Exception | None, accelerator, what: str) -> None:
+    """Raise ``error`` (the main process's) on every process, so none waits at the next collective for
+    one that stopped; ``what`` names it for the others."""
+    if accelerator.num_processes > 1 and _main_decides(error is not None, accelerator) and error is None:
+        error = CheckpointError(f"The main process {what}: see its message.")
+    if error is not None:
+        raise error
+
+
 def _main_decides(flag: bool, accelerator) -> bool:
     """The main process's ``flag`` on every process (one tiny broadcast)."""
     from accelerate.utils import broadcast
@@ -224,10 +233,7 @@ class TrainingLock:
             self.path.unlink(missing_ok=True)
             return self.__enter__()
         except OSError as err:
-            raise CheckpointError(
-                f"Cannot write to checkpoint_dir {self.path.parent} ({err.strerror or err}). Choose a folder you "
-                "can write to (checkpoint_dir=...), or fix its permissions; on Colab, check that Drive is mounted "
-                "and not full.") from err
+            raise CheckpointError(unwritable_message("checkpoint_dir", self.path.parent, err)) from err
         with os.fdopen(fd, "w") as f:
             f.write(owner)
         self._owner_text = owner
@@ -323,10 +329,7 @@ def train(model: nn.Module, loss_fn: Callable, loader, cfg, *, on_log: Callable[
                 stack.enter_context(TrainingLock(cfg.checkpoint_dir))
             except CheckpointError as err:
                 error = err
-        if accelerator.num_processes > 1 and _main_decides(error is not None, accelerator) and error is None:
-            error = CheckpointError(f"The main process could not lock {cfg.checkpoint_dir}: see its message.")
-        if error is not None:                       # every process stops, none waits for the others
-            raise error
+        _stop_everywhere(error, accelerator, f"could not lock {cfg.checkpoint_dir}")
         return _train(model, loss_fn, loader, cfg, on_log, accelerator, progress)
 
 
@@ -402,6 +405,8 @@ def _train(model: nn.Module, loss_fn: Callable, loader, cfg, on_log, accelerator
         return ema_twin
 
     saved_step = step if step else None    # the step of the last good checkpoint on disk, None for none
+    advice = (f"Lower learning_rate (now {cfg.learning_rate}) or grad_clip, or set mixed_precision='no', "
+              "then run again.")
 
     def last_good() -> str:
         if saved_step is None:
@@ -419,8 +424,7 @@ def _train(model: nn.Module, loss_fn: Callable, loader, cfg, on_log, accelerator
             bar.close()
             raise FloatingPointError(
                 f"The weights became NaN or infinite by step {step} (the losses read so far were finite); nothing "
-                f"was saved. {last_good()} Lower learning_rate (now {cfg.learning_rate}) or grad_clip, or set "
-                "mixed_precision='no', then run again.")
+                f"was saved. {last_good()} {advice}")
         accelerator.wait_for_everyone()
         rng_ranks = gather_object([_rng_state()])  # every process's RNG state, in rank order
         failure = None
@@ -439,11 +443,9 @@ def _train(model: nn.Module, loss_fn: Callable, loader, cfg, on_log, accelerator
                     f"Could not write the checkpoint {ckpt_file} at step {step} ({err.strerror or err}). {last_good()} "
                     "Free space (or quota on Drive) or choose another checkpoint_dir, then run again.")
                 failure.__cause__ = err
-        if accelerator.num_processes > 1 and _main_decides(failure is not None, accelerator) and failure is None:
-            failure = CheckpointError(f"The main process could not write {ckpt_file}: see its message.")
-        if failure is not None:                    # every process stops, none waits at the next collective
+        if failure is not None:
             bar.close()
-            raise failure
+        _stop_everywhere(failure, accelerator, f"could not write {ckpt_file}")
         saved_step = step
 
     def finished(reason: str) -> TrainResult:
@@ -476,8 +478,7 @@ def _train(model: nn.Module, loss_fn: Callable, loader, cfg, on_log, accelerator
         if bad is not None:
             bar.close()
             raise FloatingPointError(
-                f"The loss became {values[bad]} at step {first + bad}; training stopped. {last_good()} Lower "
-                f"learning_rate (now {cfg.learning_rate}) or grad_clip, or set mixed_precision='no', then run again.")
+                f"The loss became {values[bad]} at step {first + bad}; training stopped. {last_good()} {advice}")
         history.extend(values)
         pending = []
         bar.update(len(values))
