@@ -144,3 +144,25 @@ def test_a_folder_that_cannot_be_written_is_named_when_the_paths_are_made(tmp_pa
     cfg = config.make_config("mnist", "smoke", workdir=str(tmp_path), output_dir=str(blocker / "out"))
     with pytest.raises(PermissionError, match="output_dir=.*cannot be written"):
         cfg.paths()
+
+
+def test_a_run_name_gives_an_experiment_its_own_folders_and_a_bad_one_is_explained(tmp_path):
+    handin = config.make_config("iclevr", "smoke", workdir=str(tmp_path))
+    experiment = config.make_config("iclevr", "smoke", workdir=str(tmp_path), run_name="drop0")
+    assert handin.output_dir.endswith("outputs/iclevr") and experiment.output_dir.endswith("outputs/iclevr-drop0")
+    assert experiment.checkpoint_dir.endswith("checkpoints/iclevr-drop0")
+    assert experiment.data_dir == handin.data_dir and experiment.cache_dir == handin.cache_dir   # data are shared
+    assert config.make_config("dcgan_anime", workdir=str(tmp_path), run_name="50ep").checkpoint_dir.endswith(
+        "checkpoints/dcgan_anime-50ep")
+    with pytest.raises(ValueError, match="run_name='my run'.*letters, digits"):
+        config.make_config("mnist", workdir=str(tmp_path), run_name="my run")
+
+
+def test_a_saved_config_comes_back_with_this_machines_folders(tmp_path):
+    trained = config.make_config("anime", "smoke", workdir="/content/gone", run_name="a", download_dir="/content/gone/x",
+                                 learning_rate=3e-4)
+    saved = {**trained.to_dict(), "a_field_from_another_version": 1}
+    here = config.make_config("anime", workdir=str(tmp_path), run_name="a")
+    again = config.from_saved(saved, here)
+    assert again.architecture() == trained.architecture() and again.learning_rate == 3e-4
+    assert (again.workdir, again.checkpoint_dir, again.download_dir) == (here.workdir, here.checkpoint_dir, here.data_dir)

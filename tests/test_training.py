@@ -257,3 +257,64 @@ def test_a_checkpoint_folder_that_cannot_exist_is_named_before_training(tiny_cfg
     blocker.write_text("not a folder")
     with pytest.raises(training.CheckpointError, match="Cannot write to checkpoint_dir"):
         _train(dataclasses.replace(tiny_cfg, checkpoint_dir=str(blocker / "run")))
+
+
+# ----------------------------------------------------------------------------- experiments and changed settings
+def test_a_finished_run_asked_for_other_training_settings_names_them_instead_of_already_done(tiny_cfg):
+    _train(tiny_cfg)
+    changed = dataclasses.replace(tiny_cfg, learning_rate=tiny_cfg.learning_rate / 10, batch_size=8)
+    with pytest.raises(training.CheckpointError) as err:
+        _train(changed)
+    message = str(err.value)
+    assert f"learning_rate: checkpoint has {tiny_cfg.learning_rate!r}" in message
+    assert "batch_size: checkpoint has 16, config has 8" in message
+    assert "is finished" in message and "run_name=" in message and "max_steps" in message
+
+
+def test_an_unfinished_run_resumes_with_a_lower_learning_rate_but_not_another_batch_size(tiny_cfg, capsys):
+    _train(dataclasses.replace(tiny_cfg, time_budget_minutes=1e-9))          # stops after one step
+    with pytest.raises(training.CheckpointError, match="batch_size: checkpoint has 16, config has 8"):
+        _train(dataclasses.replace(tiny_cfg, batch_size=8))
+    lower = dataclasses.replace(tiny_cfg, learning_rate=tiny_cfg.learning_rate / 4, lr_schedule="constant")
+    with pytest.raises(training.CheckpointError, match="lr_schedule"):    # the schedule is not adjustable
+        _train(lower)
+    lower = dataclasses.replace(tiny_cfg, learning_rate=tiny_cfg.learning_rate / 4)
+    result = _train(lower)
+    assert result.step == tiny_cfg.max_steps
+    assert "with your changed settings: learning_rate" in capsys.readouterr().out
+    ckpt = torch.load(result.checkpoint, weights_only=True)
+    assert ckpt["lr_scheduler"]["base_lrs"] == [lower.learning_rate]          # the new peak was used
+    assert ckpt["optimizer"]["param_groups"][0]["initial_lr"] == lower.learning_rate
+
+
+def test_an_experiment_with_a_run_name_leaves_the_hand_in_run_untouched(tmp_path):
+    from utils import config
+
+    handin = config.make_config("mnist", "smoke", workdir=str(tmp_path), max_steps=2, checkpoint_every=2)
+    _train(handin)
+    before = training.checkpoint_path(handin.checkpoint_dir).read_bytes()
+    experiment = config.make_config("mnist", "smoke", workdir=str(tmp_path), max_steps=2, checkpoint_every=2,
+                                    run_name="lr-high", learning_rate=1e-2)
+    result = _train(experiment)
+    assert result.checkpoint == tmp_path / "checkpoints" / "mnist-lr-high" / "last.pt"
+    assert experiment.output_dir == str(tmp_path / "outputs" / "mnist-lr-high")
+    assert training.checkpoint_path(handin.checkpoint_dir).read_bytes() == before
+    # notebook 04 rebuilds each run's config from its checkpoint
+    rebuilt = training.trained_config("mnist", "lr-high", workdir=str(tmp_path))
+    assert rebuilt.learning_rate == 1e-2 and rebuilt.architecture() == experiment.architecture()
+    assert rebuilt.checkpoint_dir == experiment.checkpoint_dir
+    with pytest.raises(training.CheckpointError, match="No checkpoint"):
+        training.trained_config("mnist", "never-trained", workdir=str(tmp_path))
+
+
+def test_a_network_edited_since_the_checkpoint_gets_a_message_not_a_key_list(tiny_cfg):
+    _train(tiny_cfg)
+    edited = models.build_model(tiny_cfg)
+    edited.extra_head = torch.nn.Linear(3, 3)                                   # a student's edit of models.py
+    with pytest.raises(training.CheckpointError) as err:
+        training.load_ema_model(edited, tiny_cfg)
+    message = str(err.value)
+    assert "network code changed" in message and "extra_head.weight" in message and "run_name=" in message
+    assert message.count("extra_head") <= 3                                     # a few names, not hundreds
+    with pytest.raises(training.CheckpointError, match="network code changed"):
+        _train(dataclasses.replace(tiny_cfg, max_steps=tiny_cfg.max_steps + 2), model=edited)

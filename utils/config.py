@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -29,6 +30,14 @@ ARCHITECTURE_FIELDS = (
     "attention_levels", "norm_num_groups", "num_train_timesteps", "beta_schedule",
     "beta_start", "beta_end",
 )
+# Fields that shape how a run trains but not the network: a finished run asked to train with other
+# values says so (training.check_same_training) instead of silently keeping its own.
+TRAINING_FIELDS = ("hflip", "dropout", "batch_size", "learning_rate", "lr_schedule", "warmup_steps",
+                   "weight_decay", "grad_clip", "ema_decay")
+# Of those, the ones an unfinished run may change when it resumes (e.g. a lower learning rate after a NaN stop).
+ADJUSTABLE_FIELDS = ("learning_rate", "grad_clip", "ema_decay")
+
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def smoke_mode() -> bool:
@@ -109,6 +118,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _run_folder(work: Path, kind: str, name: str, run_name: str) -> str:
+    """``work/kind/name`` for the hand-in run, ``work/kind/name-run_name`` for an experiment."""
+    if run_name and not _RUN_NAME.fullmatch(run_name):
+        raise ValueError(f"run_name={run_name!r}: use letters, digits, '-', '_' or '.' (up to 64, e.g. 'cosine' or "
+                         "'drop0'); it names the experiment's own checkpoint and output folders.")
+    return str(work / kind / (f"{name}-{run_name}" if run_name else name))
+
+
 def _check_positive(cfg, positive: tuple[str, ...], non_negative: tuple[str, ...] = ()) -> None:
     """Raise one ValueError naming every field that is not a number > 0 (``positive``) or ≥ 0
     (``non_negative``); None is allowed (optional fields)."""
@@ -128,6 +145,7 @@ class _Folders:
 
     FOLDERS: ClassVar[tuple[str, ...]] = ("output_dir",)
     ARCHITECTURE: ClassVar[tuple[str, ...]] = ()
+    TRAINING: ClassVar[tuple[str, ...]] = ()
 
     def paths(self) -> dict[str, Path]:
         """The config's folders (``FOLDERS``) as Paths, created if missing and, but for ``data_dir``, checked to
@@ -151,6 +169,10 @@ class _Folders:
     def architecture(self) -> dict:
         """The fields a checkpoint must agree on (``ARCHITECTURE``)."""
         return {k: getattr(self, k) for k in self.ARCHITECTURE}
+
+    def training(self) -> dict:
+        """The fields that shape how a run trains, beyond its network (``TRAINING``)."""
+        return {k: getattr(self, k) for k in self.TRAINING}
 
 
 @dataclass
@@ -201,6 +223,7 @@ class DDPMConfig(_Folders):
     clip_sample: bool = True               # clamp the predicted x0 to [-1, 1] while sampling
     gif_frames: int = 40                   # frames of the diffusion GIF
     # --- paths ("" = under the work dir: data/, cache/, checkpoints/<name>/, outputs/<name>/)
+    run_name: str = ""                     # "" = the hand-in run; "cosine" → checkpoints/<name>-cosine/, outputs/<name>-cosine/
     workdir: str = ""
     data_dir: str = ""
     cache_dir: str = ""
@@ -209,6 +232,7 @@ class DDPMConfig(_Folders):
 
     FOLDERS: ClassVar[tuple[str, ...]] = ("data_dir", "cache_dir", "checkpoint_dir", "output_dir")
     ARCHITECTURE: ClassVar[tuple[str, ...]] = ARCHITECTURE_FIELDS
+    TRAINING: ClassVar[tuple[str, ...]] = TRAINING_FIELDS
     PRESETS: ClassVar[dict[str, dict]] = {}
 
     def __post_init__(self):
@@ -244,8 +268,8 @@ class DDPMConfig(_Folders):
         self.workdir = str(work)
         self.data_dir = self.data_dir or str(work / "data")
         self.cache_dir = self.cache_dir or str(work / "cache")
-        self.checkpoint_dir = self.checkpoint_dir or str(work / "checkpoints" / self.name)
-        self.output_dir = self.output_dir or str(work / "outputs" / self.name)
+        self.checkpoint_dir = self.checkpoint_dir or _run_folder(work, "checkpoints", self.name, self.run_name)
+        self.output_dir = self.output_dir or _run_folder(work, "outputs", self.name, self.run_name)
 
 
 @dataclass
@@ -332,12 +356,15 @@ class ICLEVRConfig(DDPMConfig):
     preview_every: int = 2000              # guided fixed-noise previews while training
     cond_drop_prob: float = 0.1            # P(label replaced by ∅) in training, for guidance
     guidance_scale: float = 2.0            # w for the hand-in: 0 = unconditional, 1 = conditional, > 1 = guided
+                                           # (w here = 1 + w of Ho & Salimans 2022)
     sampler: str = "ddpm"                  # hand-in images: Algorithm 2, all T steps
     evaluator_checkpoint: str = ""         # the course's checkpoint.pth ("" = look in data_dir)
     sweep_scales: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)  # w values of the sweep
     sweep_sampler: str = "ddim"            # fast sampler for the sweep (8 scales × 64 images)
     sweep_steps: int = 50                  # its steps
     denoising_frames: int = 10             # images in the denoising-process row (≥ 8)
+
+    TRAINING: ClassVar[tuple[str, ...]] = (*TRAINING_FIELDS, "cond_drop_prob")
 
     PRESETS: ClassVar[dict[str, dict]] = {
         # About a minute under nbval on 2 CPU cores: every hand-in file is still written. The cost
@@ -397,6 +424,7 @@ class DCGANConfig(_Folders):
     time_budget_minutes: float | None = None  # stop cleanly with a checkpoint after this long
     resume: bool = True                    # continue from the latest checkpoint if there is one
     seed: int = 0                          # seeds data order, z and the weight init
+    run_name: str = ""                     # "" = the baseline notebook 04 compares; else <name>-<run_name> folders
     workdir: str = ""                      # "" = the bundle's work dir, shared with notebooks 01/02
     checkpoint_dir: str = ""               # "" = workdir/checkpoints/<name>
     output_dir: str = ""                   # "" = workdir/outputs/<name>
@@ -404,6 +432,8 @@ class DCGANConfig(_Folders):
     FOLDERS: ClassVar[tuple[str, ...]] = ("checkpoint_dir", "output_dir")
     ARCHITECTURE: ClassVar[tuple[str, ...]] = (
         "image_size", "channels", "latent_dim", "generator_width", "discriminator_width")
+    TRAINING: ClassVar[tuple[str, ...]] = ("hflip", "batch_size", "learning_rate", "adam_betas", "lr_schedule",
+                                           "warmup_steps", "weight_decay", "grad_clip", "ema_decay")
     PRESETS: ClassVar[dict[str, dict]] = {
         "smoke": dict(generator_width=8, discriminator_width=8, latent_dim=16, batch_size=16, max_steps=6,
                       log_every=2, checkpoint_every=4),
@@ -416,8 +446,8 @@ class DCGANConfig(_Folders):
                                "checkpoint_every", "time_budget_minutes"))
         work = Path(self.workdir).expanduser() if self.workdir else default_workdir()
         self.workdir = str(work)
-        self.checkpoint_dir = self.checkpoint_dir or str(work / "checkpoints" / self.name)
-        self.output_dir = self.output_dir or str(work / "outputs" / self.name)
+        self.checkpoint_dir = self.checkpoint_dir or _run_folder(work, "checkpoints", self.name, self.run_name)
+        self.output_dir = self.output_dir or _run_folder(work, "outputs", self.name, self.run_name)
 
 
 @dataclass
@@ -478,6 +508,31 @@ CONFIGS: dict[str, type] = {"mnist": MNISTConfig, "anime": AnimeConfig, "iclevr"
                            "dcgan_mnist": DCGANConfig, "dcgan_anime": DCGANAnimeConfig, "compare": CompareConfig}
 
 
+def _config_class(name: str) -> type:
+    if name not in CONFIGS:
+        raise ValueError(f"Unknown config {name!r}; choose one of {sorted(CONFIGS)}.")
+    return CONFIGS[name]
+
+
+def from_saved(saved: dict, here) -> DDPMConfig:
+    """The config a checkpoint was trained with (its ``config`` dict), with ``here``'s folders.
+
+    ``here`` is the same kind of config made on this machine (``make_config(name, run_name=...)``): the
+    saved paths belong to the machine that trained, so the folders come from ``here``, except a saved
+    ``data_dir`` that exists here too. Fields this version does not know are dropped; new fields get
+    their defaults.
+    """
+    cls = type(here)
+    known = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in saved.items() if k in known}
+    for k in known & {"run_name", "workdir", "data_dir", "cache_dir", "checkpoint_dir", "output_dir", "download_dir",
+                      "evaluator_checkpoint"}:
+        keep_saved = k in ("data_dir", "download_dir", "evaluator_checkpoint") and values.get(k) and Path(values[k]).exists()
+        if not keep_saved:
+            values[k] = getattr(here, k)
+    return cls(**values)
+
+
 def make_config(name: str, preset: str | None = None, **overrides) -> DDPMConfig:
     """Build a notebook's config: full-run defaults, then a preset, then your overrides.
 
@@ -485,9 +540,7 @@ def make_config(name: str, preset: str | None = None, **overrides) -> DDPMConfig
     Overrides that are ``None`` are ignored, so a papermill parameter left at None keeps
     the preset's value.
     """
-    if name not in CONFIGS:
-        raise ValueError(f"Unknown config {name!r}; choose one of {sorted(CONFIGS)}.")
-    cls = CONFIGS[name]
+    cls = _config_class(name)
     preset = preset or ("smoke" if smoke_mode() else "full")
     if preset != "full" and preset not in cls.PRESETS:
         raise ValueError(f"Unknown preset {preset!r} for {name}; choose 'full' or one of {sorted(cls.PRESETS)}.")

@@ -66,6 +66,18 @@ def _as_tuple(v):
     return tuple(v) if isinstance(v, list) else v
 
 
+def _differences(saved_config: dict, wanted: dict) -> list[str]:
+    """``"field: checkpoint has a, config has b"`` for each field of ``wanted`` the checkpoint saved differently
+    (fields an older checkpoint did not save are not compared)."""
+    return [f"{k}: checkpoint has {_as_tuple(saved_config[k])!r}, config has {v!r}"
+            for k, v in wanted.items() if k in saved_config and _as_tuple(saved_config[k]) != v]
+
+
+NEW_RUN_ADVICE = ("To try other settings without touching this run, give the experiment its own folders: "
+                  "run_name='my-experiment' (any short name; notebook parameter or config field). To replace "
+                  "this run, set resume=False (its checkpoint is kept, renamed).")
+
+
 def check_compatible(saved_config: dict, cfg, path: Path) -> None:
     """Raise ``CheckpointError`` naming every architecture field where checkpoint and config differ."""
     diffs = [f"{k}: checkpoint has {_as_tuple(saved_config.get(k))!r}, config has {v!r}"
@@ -74,8 +86,62 @@ def check_compatible(saved_config: dict, cfg, path: Path) -> None:
         raise CheckpointError(
             f"The checkpoint {path} was trained with another model or noise schedule:\n  - "
             + "\n  - ".join(diffs)
-            + "\nUse the config it was trained with, or train a new model: set resume=False "
-              "(the old checkpoint is kept, renamed) or choose another checkpoint_dir.")
+            + f"\nTo use this checkpoint, put those settings back. {NEW_RUN_ADVICE}")
+
+
+def check_same_training(saved_config: dict, cfg, path: Path, *, finished: bool) -> list[str]:
+    """Refuse to resume with training settings (``cfg.TRAINING``) the checkpoint was not trained with.
+
+    A finished run would otherwise return as "already done" and a student would read the old model's
+    results as those of the new settings; an unfinished one would restore its own optimizer settings.
+    Only ``ADJUSTABLE_FIELDS`` (learning rate, clipping, EMA decay) may change when an unfinished run
+    resumes, e.g. a lower learning rate after a NaN stop; their differences are returned, to be applied.
+    """
+    from .config import ADJUSTABLE_FIELDS
+
+    adjustable = [] if finished else [k for k in ADJUSTABLE_FIELDS if k in cfg.TRAINING]
+    fixed = _differences(saved_config, {k: v for k, v in cfg.training().items() if k not in adjustable})
+    if fixed:
+        state = ("is finished: this cell would train nothing and hand back the old model" if finished
+                 else "would go on with its own settings")
+        raise CheckpointError(
+            f"The run in {path.parent} was trained with other settings than this config's, so it {state}:\n  - "
+            + "\n  - ".join(fixed)
+            + f"\n{NEW_RUN_ADVICE} To keep using this run as it is, put those settings back"
+            + (" (to train it for longer, raise max_steps or num_epochs)." if finished else "."))
+    return _differences(saved_config, {k: getattr(cfg, k) for k in adjustable})
+
+
+def load_weights(module: nn.Module, state_dict: dict, path: Path) -> None:
+    """``module.load_state_dict(state_dict)``, with an error a student can act on when the network changed
+    since the checkpoint was written (an edit of utils/models.py): what changed, and what to do."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    reshaped = [f"{k}: checkpoint {tuple(state_dict[k].shape)}, network {tuple(own[k].shape)}" for k in own
+                if k in state_dict and torch.is_tensor(state_dict[k]) and state_dict[k].shape != own[k].shape]
+    if not (missing or unexpected or reshaped):
+        module.load_state_dict(state_dict)
+        return
+    def few(items: list[str]) -> str:
+        return ", ".join(items[:3]) + (f" … ({len(items)} in all)" if len(items) > 3 else "")
+    found = [f"{len(missing)} tensors the checkpoint lacks ({few(missing)})" if missing else "",
+             f"{len(unexpected)} the network no longer has ({few(unexpected)})" if unexpected else "",
+             f"{len(reshaped)} of another shape ({few(reshaped)})" if reshaped else ""]
+    raise CheckpointError(
+        f"The network code changed since {path} was written (its config is the same, so the change is in the "
+        f"code, e.g. an edit of utils/models.py): " + "; ".join(f for f in found if f) + ". "
+        "Restart the kernel after editing utils (Runtime → Restart session), then either undo the edit to use "
+        f"this checkpoint or train the changed network as an experiment. {NEW_RUN_ADVICE}")
+
+
+def trained_config(name: str, run_name: str = "", **where):
+    """The config the run ``name`` / ``run_name`` was trained with, read from its checkpoint, with this
+    machine's folders (``where``: workdir etc., as for ``config.make_config``). No checkpoint: ``CheckpointError``."""
+    from .config import from_saved, make_config
+
+    here = make_config(name, run_name=run_name, **where)
+    return from_saved(load_checkpoint(checkpoint_path(here.checkpoint_dir))["config"], here)
 
 
 def load_checkpoint(path: str | Path, cfg=None) -> dict:
@@ -113,8 +179,9 @@ def load_checkpoint(path: str | Path, cfg=None) -> dict:
 
 def load_ema_model(model: nn.Module, cfg, path: str | Path | None = None) -> nn.Module:
     """Put the EMA weights of a checkpoint (default: cfg's latest) into ``model`` and return it."""
-    ckpt = load_checkpoint(path or checkpoint_path(cfg.checkpoint_dir), cfg)
-    model.load_state_dict(ckpt["model"])
+    path = Path(path or checkpoint_path(cfg.checkpoint_dir))
+    ckpt = load_checkpoint(path, cfg)
+    load_weights(model, ckpt["model"], path)
     for p, s in zip(model.parameters(), ckpt["ema"]["shadow_params"]):
         p.data.copy_(s)
     return model.eval()
@@ -151,6 +218,18 @@ def _resume_rng(ckpt: dict, accelerator, seed: int) -> None:
         _set_rng_state(states[accelerator.process_index])
     else:
         _seed_rank(seed + ckpt["step"], accelerator)
+
+
+def _set_peak_learning_rate(lr_scheduler, learning_rate: float) -> None:
+    """Make ``learning_rate`` the schedule's peak from the current step on (diffusers' schedules are
+    ``LambdaLR``: lr = peak × factor(step)); a resumed run may lower it, e.g. after a NaN stop."""
+    if not hasattr(lr_scheduler, "lr_lambdas"):
+        return
+    lr_scheduler.base_lrs = [learning_rate] * len(lr_scheduler.base_lrs)
+    for group, factor in zip(lr_scheduler.optimizer.param_groups, lr_scheduler.lr_lambdas):
+        group["initial_lr"] = learning_rate
+        group["lr"] = learning_rate * factor(lr_scheduler.last_epoch)
+    lr_scheduler._last_lr = [group["lr"] for group in lr_scheduler.optimizer.param_groups]
 
 
 def _sync_from_main(model: nn.Module, accelerator) -> None:
@@ -363,11 +442,13 @@ def _train(model: nn.Module, loss_fn: Callable, loader, cfg, on_log, accelerator
     has_checkpoint = ckpt_file.exists() or previous.exists()
     if has_checkpoint and cfg.resume:
         ckpt = load_checkpoint(ckpt_file, cfg)
-        model.load_state_dict(ckpt["model"])
+        changed = check_same_training(ckpt["config"], cfg, ckpt_file, finished=ckpt["step"] >= total_steps)
+        load_weights(model, ckpt["model"], ckpt_file)
         optimizer.load_state_dict(ckpt["optimizer"])
         lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+        _set_peak_learning_rate(lr_scheduler, cfg.learning_rate)   # the saved state holds the old one
         ema.load_state_dict(ckpt["ema"])
-        ema.decay = cfg.ema_decay  # the config may change the EMA decay between runs
+        ema.decay = cfg.ema_decay
         ema.to(accelerator.device)
         history = ckpt["loss_history"].tolist()
         step = ckpt["step"]
@@ -381,6 +462,8 @@ def _train(model: nn.Module, loss_fn: Callable, loader, cfg, on_log, accelerator
             os.replace(previous, ckpt_file)
         if main:
             print(f"Resuming from {ckpt_file}: step {step} of {total_steps}, {len(history)} losses kept.")
+            if changed:
+                print(f"From step {step} on with your changed settings: " + "; ".join(changed) + ".")
     elif has_checkpoint and main:
         stamp = time.strftime('%Y%m%d-%H%M%S')
         kept = [f.rename(f.with_name(f"replaced_{stamp}{f.name[len('last'):]}")) for f in (ckpt_file, previous)
@@ -455,8 +538,8 @@ def _train(model: nn.Module, loss_fn: Callable, loader, cfg, on_log, accelerator
 
     if step >= total_steps:
         if main:
-            print(f"The checkpoint is already at step {step} of {total_steps}: nothing to train. "
-                  "Raise max_steps/num_epochs to train longer, or set resume=False to start over.")
+            print(f"The checkpoint is already at step {step} of {total_steps}, trained with these settings: nothing "
+                  f"to train. Raise max_steps/num_epochs to train it longer. {NEW_RUN_ADVICE}")
         return finished("already done")
 
     pending: list[torch.Tensor] = []
