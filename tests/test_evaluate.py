@@ -191,3 +191,36 @@ def test_save_sweep_writes_the_csv(tmp_path):
     evaluate.save_sweep(rows, tmp_path / "sweep.csv", tmp_path / "sweep.png")
     assert (tmp_path / "sweep.csv").read_text().splitlines() == ["guidance_scale,test", "0.0,0.25", "2.0,0.5"]
     assert (tmp_path / "sweep.png").stat().st_size > 0
+
+
+# ----------------------------------------------------------------------------- choosing w for the hand-in
+def _run(w, test_hits, new_hits):
+    return evaluate.GuidanceRun(w, {}, {"test": evaluate.Accuracy(test_hits, 72), "new_test": evaluate.Accuracy(new_hits, 84)})
+
+
+def test_the_hand_in_sampler_confirms_the_sweeps_best_scales_and_the_configs():
+    # the numbers: a fast sampler's sweep peaks at w = 2 …
+    sweep = [{"guidance_scale": w, "test": a, "new_test": a} for w, a in ((0.0, 0.09), (1.0, 0.39), (2.0, 0.46), (4.0, 0.22))]
+    assert evaluate.candidate_scales(sweep, 2) == [1.0, 2.0]
+    assert evaluate.candidate_scales(sweep, 2, also=4.0) == [1.0, 2.0, 4.0]
+    assert evaluate.candidate_scales(sweep, 1, also=2.0) == [2.0]
+    # … and the hand-in sampler decides, over both sets together (hits / labels); a tie keeps the smaller w
+    assert evaluate.best_run([_run(1.0, 50, 57), _run(2.0, 53, 60), _run(4.0, 52, 60)]).guidance_scale == 2.0
+    assert evaluate.best_run([_run(3.0, 50, 60), _run(1.5, 50, 60)]).guidance_scale == 1.5
+    assert _run(2.0, 54, 63).mean == pytest.approx((54 + 63) / (72 + 84))
+
+
+def test_sample_and_score_keeps_the_images_and_scores_both_sets_like_the_sweep(tmp_path, evaluator):
+    cfg = config.make_config("iclevr", "smoke", image_size=16, workdir=str(tmp_path))
+    torch.manual_seed(0)
+    model = models.build_model(cfg)
+    schedule = diffusion.schedule_from_config(cfg)
+    sets = {"test": real_labels("test.json")[:4], "new_test": real_labels("new_test.json")[:3]}
+    common = dict(image_shape=(3, 16, 16), sampler="ddim", num_inference_steps=2, progress=False)
+    run = evaluate.sample_and_score(model, schedule, evaluator, sets, 2.0, num_frames=3, **common)
+    assert {n: tuple(s.images.shape) for n, s in run.samples.items()} == {"test": (4, 3, 16, 16), "new_test": (3, 3, 16, 16)}
+    assert len(run.samples["test"].frames) == 3
+    assert [a.total for a in run.scores.values()] == [int(sets["test"].sum()), int(sets["new_test"].sum())]
+    assert run.row() == evaluate.guidance_sweep(model, schedule, evaluator, sets, [2.0], **common)[0]
+    assert evaluate.sample_and_score(model, schedule, None, sets, 2.0, **common).scores == {}   # no evaluator
+    assert evaluate.seconds_per_sampling_step(model, sets["test"], (3, 16, 16), repeats=1) > 0

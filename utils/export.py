@@ -79,7 +79,7 @@ def imvfx_files(mnist_dir: str | Path, anime_dir: str | Path, *, mnist_image_siz
 def iclevr_files(output_dir: str | Path, *, image_size: int = 64) -> list[HandInFile]:
     """The DLP iCLEVR lab's files in notebook 03's ``output_dir``."""
     out = Path(output_dir)
-    sampled = f'{NB03}, section "Sample the hand-in images"'
+    sampled = f'{NB03}, section "The hand-in images"'
     files = [HandInFile(f"{name}/{i}.png", out / name / f"{i}.png", sampled, image_size=image_size)
              for name in ("test", "new_test") for i in range(ICLEVR_SET_SIZE)]
     files += [HandInFile(f"{name}_grid.png", out / f"{name}_grid.png", sampled, grid=(8, 4), image_size=image_size)
@@ -88,8 +88,8 @@ def iclevr_files(output_dir: str | Path, *, image_size: int = 64) -> list[HandIn
         HandInFile("denoising_process.png", out / "denoising_process.png", f'{NB03}, section "The denoising process"'),
         HandInFile("accuracy.json", out / "accuracy.json",
                    f'{NB03}, section "Accuracy, as the course computes it" ({NEEDS_EVALUATOR})'),
-        HandInFile("guidance_sweep.csv", out / "guidance_sweep.csv", f'{NB03}, section "Guidance-scale sweep" ({NEEDS_EVALUATOR})'),
-        HandInFile("guidance_sweep.png", out / "guidance_sweep.png", f'{NB03}, section "Guidance-scale sweep" ({NEEDS_EVALUATOR})'),
+        HandInFile("guidance_sweep.csv", out / "guidance_sweep.csv", f'{NB03}, section "Choosing w" ({NEEDS_EVALUATOR})'),
+        HandInFile("guidance_sweep.png", out / "guidance_sweep.png", f'{NB03}, section "Choosing w" ({NEEDS_EVALUATOR})'),
         HandInFile("loss_iclevr.jpg", out / "loss_iclevr.jpg", f'{NB03}, section "Train"'),
     ]
     return files
