@@ -30,14 +30,15 @@ def test_q_sample_at_last_step_is_almost_pure_noise():
     assert diffusion.q_sample(x0, torch.tensor([999]), noise, schedule).abs().max() < 0.01
 
 
+@pytest.mark.parametrize("variance_type", diffusion.VARIANCE_TYPES)
 @pytest.mark.parametrize("clip_sample", [False, True])
 @pytest.mark.parametrize("t", [999, 500, 37, 1, 0])
-def test_ddpm_step_equals_diffusers_step(t, clip_sample):
+def test_ddpm_step_equals_diffusers_step(t, clip_sample, variance_type):
     schedule = diffusion.make_schedule(1000)
-    ref = DDPMScheduler(num_train_timesteps=1000, clip_sample=clip_sample)
+    ref = DDPMScheduler(num_train_timesteps=1000, clip_sample=clip_sample, variance_type=variance_type)
     xt, eps = torch.randn(2, 1, 6, 6) * 3, torch.randn(2, 1, 6, 6)
     ours = diffusion.ddpm_step(eps, t, xt, schedule, clip_sample=clip_sample,
-                               generator=torch.Generator().manual_seed(7))
+                               generator=torch.Generator().manual_seed(7), variance_type=variance_type)
     theirs = ref.step(eps, t, xt, generator=torch.Generator().manual_seed(7)).prev_sample
     # diffusers forms β_t as 1 − ᾱ_t/ᾱ_{t−1}; in float32 that differs from β_t by up to ~2e-4 (relative)
     torch.testing.assert_close(ours, theirs, rtol=5e-4, atol=5e-4)
@@ -102,3 +103,10 @@ def test_sample_frames_go_from_noise_to_the_final_image(tiny_model, tiny_cfg):
 def test_unknown_sampler_is_rejected(tiny_model, tiny_cfg):
     with pytest.raises(ValueError, match="ddpm"):
         diffusion.sample(tiny_model, diffusion.schedule_from_config(tiny_cfg), 1, (1, 28, 28), sampler="euler")
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm"])
+def test_a_fast_sampler_asked_for_more_steps_than_T_says_so(sampler, tiny_model):
+    schedule = diffusion.make_schedule(10)
+    with pytest.raises(ValueError, match=r"num_inference_steps=25 .* T = 10 steps"):
+        diffusion.sample(tiny_model, schedule, 1, (1, 28, 28), sampler=sampler, num_inference_steps=25, progress=False)

@@ -9,7 +9,7 @@ import torch
 import torch.hub
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 
-from utils import evaluate
+from utils import config, evaluate
 
 
 def correlated_gaussian(n: int, dim: int = 6, seed: int = 0) -> torch.Tensor:
@@ -61,6 +61,38 @@ def test_identical_image_sets_through_the_injected_extractor_give_zero_fid():
     assert real.shape == (40, extractor.num_features)
     result = evaluate.fid_kid(real, fake, kid_subset_size=20, kid_subsets=5)
     assert result.fid == pytest.approx(0.0, abs=1e-4) and (result.num_real, result.num_fake) == (40, 40)
+
+
+def test_kid_subsets_shrink_to_the_smaller_set_and_the_result_says_so():
+    real, fake = correlated_gaussian(40, seed=1), correlated_gaussian(12, seed=2)
+    result = evaluate.fid_kid(real, fake, kid_subset_size=20, kid_subsets=5)
+    assert (result.num_real, result.num_fake, result.kid_subset_size) == (40, 12, 12)
+
+
+def test_a_generator_is_scored_against_as_many_of_the_first_real_images():
+    extractor = evaluate.feature_extractor("random")
+    real_images = torch.randint(0, 256, (16, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    real = evaluate.extract_features(real_images, extractor, progress=False)
+    cmp = config.make_config("compare", "smoke", fid_batch_size=3)
+
+    def sample_fn(n, seed):                              # seeded images in [-1, 1]
+        return torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+    result, fake = evaluate.score_generator(sample_fn, real, extractor, cmp, num=8, progress=False)
+    images = torch.cat([sample_fn(n, cmp.seed + i) for i, n in enumerate((3, 3, 2))])
+    assert torch.equal(fake, evaluate.extract_features(images, extractor, progress=False))
+    expected = evaluate.fid_kid(real[:8], fake, kid_subset_size=cmp.kid_subset_size, kid_subsets=cmp.kid_subsets)
+    assert result == expected and (result.num_real, result.num_fake) == (8, 8)
+
+
+def test_the_fid_table_names_the_sampler_its_steps_and_n_of_every_row():
+    numbers = dict(fid=12.5, kid_mean=0.002, kid_std=0.0001, num_real=500, kid_subset_size=500)
+    table = evaluate.format_fid([{"data": "anime", "model": "DDPM", "sampler": "ddpm", "steps": 1000,
+                                  "num_fake": 500, **numbers},
+                                 {"data": "anime", "model": "DCGAN", "sampler": "G(z)", "steps": 1,
+                                  "num_fake": 500, **numbers}]).splitlines()
+    assert "ddpm, 1000 steps" in table[1] and " 500 " in table[1] and "12.50" in table[1]
+    assert "G(z), 1 step " in table[2]
 
 
 def test_gray_images_become_three_channel_uint8_like_a_saved_png():

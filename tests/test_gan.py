@@ -89,17 +89,43 @@ def test_samples_are_seeded_images_in_model_space(tmp_path):
     assert model.generator.training                                     # sampling leaves the mode alone
 
 
-def test_missing_ddpm_checkpoint_names_the_notebook_to_run_first(tmp_path):
-    cfg = config.make_config("mnist", "smoke", workdir=str(tmp_path))
-    with pytest.raises(training.CheckpointError, match="Run notebook 01_mnist_ddpm first"):
+def test_missing_ddpm_checkpoint_names_the_notebook_the_run_and_the_runs_there_are(tmp_path):
+    for trained in ("mnist", "mnist-drop0"):                           # two runs with a checkpoint, not 'cosine'
+        (tmp_path / "checkpoints" / trained).mkdir(parents=True)
+        training.checkpoint_path(tmp_path / "checkpoints" / trained).touch()
+    cfg = config.make_config("mnist", "smoke", workdir=str(tmp_path), run_name="cosine")
+    with pytest.raises(training.CheckpointError) as err:
         evaluate.load_trained(models.build_model(cfg), cfg, "01_mnist_ddpm")
+    message = str(err.value)
+    assert "Run notebook 01_mnist_ddpm first" in message and "run_name='cosine'" in message
+    assert str(training.checkpoint_path(cfg.checkpoint_dir)) in message and "'', 'drop0'" in message
+    assert "preset" not in message                                     # the config comes from the checkpoint
 
 
 def test_a_training_step_is_timed_on_a_copy(tmp_path):
     cfg, loader, model = gan_setup(tmp_path)
     before = [p.detach().clone() for p in model.parameters()]
-    seconds = evaluate.seconds_per_step(model, gan.loss_fn, next(loader.epoch(0)), repeats=1)
+    seconds = evaluate.seconds_per_step(model, gan.loss_fn, next(loader.epoch(0)), cfg, repeats=1)
     assert seconds > 0 and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_timing_a_gan_steps_only_the_generator_with_the_loops_optimizer(tmp_path, monkeypatch):
+    """D steps itself inside gan.loss_fn: an optimizer over all parameters would step it twice per iteration."""
+    cfg, loader, model = gan_setup(tmp_path)
+    made, timed = [], []
+    make_accelerator = training.notebook_accelerator
+    monkeypatch.setattr(training, "notebook_accelerator", lambda precision: made.append(make_accelerator(precision))
+                        or made[-1])
+
+    def loss_fn(twin, batch):
+        timed.append(twin)
+        return gan.loss_fn(twin, batch)
+
+    evaluate.seconds_per_step(model, loss_fn, next(loader.epoch(0)), cfg, repeats=1)
+    (optimizer,) = made[0]._optimizers                                 # the one the timed step prepared
+    stepped = [p for group in optimizer.param_groups for p in group["params"]]
+    assert {id(p) for p in stepped} == {id(p) for p in timed[0].generator.parameters()}
+    assert optimizer.param_groups[0]["betas"] == cfg.adam_betas
 
 
 def test_one_iteration_is_one_adam_step_for_each_player(tmp_path):

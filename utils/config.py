@@ -33,9 +33,9 @@ ARCHITECTURE_FIELDS = (
 # Fields that shape how a run trains but not the network: a finished run asked to train with other
 # values says so (training.check_same_training) instead of silently keeping its own.
 TRAINING_FIELDS = ("hflip", "dropout", "batch_size", "learning_rate", "lr_schedule", "warmup_steps",
-                   "weight_decay", "grad_clip", "ema_decay")
+                   "weight_decay", "grad_clip", "ema_decay", "mixed_precision")
 # Of those, the ones an unfinished run may change when it resumes (e.g. a lower learning rate after a NaN stop).
-ADJUSTABLE_FIELDS = ("learning_rate", "grad_clip", "ema_decay")
+ADJUSTABLE_FIELDS = ("learning_rate", "grad_clip", "ema_decay", "mixed_precision")
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -362,6 +362,7 @@ class ICLEVRConfig(DDPMConfig):
     sweep_scales: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)  # w values of the sweep
     sweep_sampler: str = "ddim"            # fast sampler for the sweep (8 scales × 64 images)
     sweep_steps: int = 50                  # its steps
+    confirm_top: int = 2                   # the best w of the sweep sampled again with the hand-in sampler
     denoising_frames: int = 10             # images in the denoising-process row (≥ 8)
 
     TRAINING: ClassVar[tuple[str, ...]] = (*TRAINING_FIELDS, "cond_drop_prob")
@@ -373,7 +374,7 @@ class ICLEVRConfig(DDPMConfig):
                       norm_num_groups=4, num_train_timesteps=10, batch_size=8, max_steps=6,
                       warmup_steps=2, log_every=2, checkpoint_every=4, preview_every=3,
                       preview_steps=2, num_inference_steps=10, gif_frames=6,
-                      sweep_scales=(0.0, 1.0, 2.0), sweep_steps=2, denoising_frames=8),
+                      sweep_scales=(0.0, 1.0, 2.0), sweep_steps=2, confirm_top=2, denoising_frames=8),
     }
 
     def __post_init__(self):
@@ -383,7 +384,7 @@ class ICLEVRConfig(DDPMConfig):
         if negative:
             raise ValueError(f"guidance scale(s) {negative}: w must be ≥ 0 (ε = ε_uncond + w·(ε_cond − ε_uncond); "
                              "0 = unconditional, 1 = conditional, > 1 guided). A negative w steers away from the labels.")
-        _check_positive(self, ("sweep_steps",), non_negative=("cond_drop_prob",))
+        _check_positive(self, ("sweep_steps",), non_negative=("cond_drop_prob", "confirm_top"))
         if self.cond_drop_prob >= 1:
             raise ValueError(f"cond_drop_prob={self.cond_drop_prob}: the chance a label is hidden must be below 1.")
         if self.sweep_sampler not in ("ddpm", "ddim", "dpm"):
@@ -433,7 +434,7 @@ class DCGANConfig(_Folders):
     ARCHITECTURE: ClassVar[tuple[str, ...]] = (
         "image_size", "channels", "latent_dim", "generator_width", "discriminator_width")
     TRAINING: ClassVar[tuple[str, ...]] = ("hflip", "batch_size", "learning_rate", "adam_betas", "lr_schedule",
-                                           "warmup_steps", "weight_decay", "grad_clip", "ema_decay")
+                                           "warmup_steps", "weight_decay", "grad_clip", "ema_decay", "mixed_precision")
     PRESETS: ClassVar[dict[str, dict]] = {
         "smoke": dict(generator_width=8, discriminator_width=8, latent_dim=16, batch_size=16, max_steps=6,
                       log_every=2, checkpoint_every=4),
@@ -480,28 +481,33 @@ class CompareConfig(_Folders):
     fid_batch_size: int = 250              # images per sampling batch (fits a T4 at 64×64 with fp16)
     fid_sampler: str = "ddim"              # the DDPM's fast sampler for metrics
     fid_steps: int = 50                    # its steps
-    kid_subset_size: int = 1000            # KID: polynomial-kernel MMD² on subsets of this size
+    fid_handin_samples: int = 500          # also score the hand-in sampler (when it is not the fast one) on this many
+                                           # (at most fid_num_samples; 0 = skip): DDPM-1000 costs 20× DDIM-50 per image
+    kid_subset_size: int = 1000            # KID: polynomial-kernel MMD² on subsets of this size (at most N)
     kid_subsets: int = 100                 # … averaged over this many subsets
     feature_extractor: str = "inception"   # "inception" (the protocol) or "random" (smoke runs: meaningless numbers)
     inception_weights: str = ""            # local copy of weights-inception-2015-12-05-6726825d.pth ("" = download)
     neighbours: int = 8                    # generated images shown next to their nearest training image
     seed: int = 0                          # picks the real images, the noise of every sample
+    run_name: str = ""                     # "" = the hand-in comparison; else outputs/compare-<run_name> (experiments)
     workdir: str = ""                      # "" = the bundle's work dir, shared with notebooks 01/02
-    output_dir: str = ""                   # "" = workdir/outputs/compare
+    output_dir: str = ""                   # "" = workdir/outputs/compare (or compare-<run_name>)
 
     PRESETS: ClassVar[dict[str, dict]] = {
-        "smoke": dict(fid_num_samples=16, fid_batch_size=8, fid_steps=2, kid_subset_size=8, kid_subsets=10,
-                      feature_extractor="random", neighbours=4),
+        "smoke": dict(fid_num_samples=16, fid_batch_size=8, fid_steps=2, fid_handin_samples=8, kid_subset_size=8,
+                      kid_subsets=10, feature_extractor="random", neighbours=4),
     }
 
     def __post_init__(self):
+        _check_positive(self, ("fid_num_samples", "fid_batch_size", "fid_steps", "kid_subset_size", "kid_subsets",
+                               "neighbours"), non_negative=("fid_handin_samples",))
         if self.feature_extractor not in ("inception", "random"):
             raise ValueError(f"feature_extractor={self.feature_extractor!r}: use 'inception' or 'random'.")
         if self.fid_sampler not in ("ddpm", "ddim", "dpm"):
             raise ValueError(f"fid_sampler {self.fid_sampler!r}: use 'ddpm', 'ddim' or 'dpm'.")
         work = Path(self.workdir).expanduser() if self.workdir else default_workdir()
         self.workdir = str(work)
-        self.output_dir = self.output_dir or str(work / "outputs" / self.name)
+        self.output_dir = self.output_dir or _run_folder(work, "outputs", self.name, self.run_name)
 
 
 CONFIGS: dict[str, type] = {"mnist": MNISTConfig, "anime": AnimeConfig, "iclevr": ICLEVRConfig,

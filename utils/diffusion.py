@@ -139,16 +139,21 @@ def make_loss_fn(schedule: NoiseSchedule, *, conditional: bool = False, cond_dro
 
 
 # ----------------------------------------------------------------------- reverse process
+VARIANCE_TYPES = ("fixed_small", "fixed_large")    # Algorithm 2's σ_t²: β̃_t or β_t (diffusers' names)
+
+
 def ddpm_step(eps: torch.Tensor, t: int, xt: torch.Tensor, schedule: NoiseSchedule, *,
-              clip_sample: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+              clip_sample: bool = True, generator: torch.Generator | None = None,
+              variance_type: str = "fixed_small") -> torch.Tensor:
     """One step of Algorithm 2 (sampling): x_t → x_{t−1}.
 
     Without clipping this is Algorithm 2, line 4:
         x_{t−1} = 1/√α_t · (x_t − β_t/√(1 − ᾱ_t) · ε_θ) + σ_t z,   z ~ N(0, I)
     With ``clip_sample`` the predicted x̂_0 = (x_t − √(1 − ᾱ_t) ε_θ)/√ᾱ_t (eq. 15) is clamped
     to [-1, 1] and the mean is the posterior mean μ̃_t(x_t, x̂_0) of eq. 7 (the same value
-    when nothing is clamped). σ_t² = β̃_t = (1 − ᾱ_{t−1})/(1 − ᾱ_t) · β_t (eq. 7), no noise at t = 0.
-    eps, xt: (B, C, H, W); t: int in [0, T). Matches diffusers ``DDPMScheduler.step``.
+    when nothing is clamped). σ_t² = β̃_t = (1 − ᾱ_{t−1})/(1 − ᾱ_t) · β_t (eq. 7; ``"fixed_small"``) or
+    σ_t² = β_t (``"fixed_large"``; Ho et al. §3.2 report both work), no noise at t = 0.
+    eps, xt: (B, C, H, W); t: int in [0, T). Matches diffusers ``DDPMScheduler.step`` with that variance_type.
     """
     beta, alpha, abar = schedule.betas[t], schedule.alphas[t], schedule.alphas_cumprod[t]
     abar_prev = schedule.alphas_cumprod[t - 1] if t > 0 else abar.new_tensor(1.0)
@@ -160,7 +165,9 @@ def ddpm_step(eps: torch.Tensor, t: int, xt: torch.Tensor, schedule: NoiseSchedu
         mean = (xt - beta / (1 - abar).sqrt() * eps) / alpha.sqrt()                    # Alg. 2
     if t == 0:
         return mean
-    variance = (1 - abar_prev) / (1 - abar) * beta                                      # β̃_t
+    if variance_type not in VARIANCE_TYPES:
+        raise ValueError(f"variance_type={variance_type!r}: use one of {VARIANCE_TYPES}.")
+    variance = (1 - abar_prev) / (1 - abar) * beta if variance_type == "fixed_small" else beta   # β̃_t or β_t
     z = _randn(xt.shape, generator, xt.device, xt.dtype)
     return mean + variance.clamp(min=1e-20).sqrt() * z
 
@@ -229,13 +236,15 @@ class SampleResult:
 def sample(model, schedule: NoiseSchedule, num_images: int, image_shape: tuple[int, int, int], *,
            sampler: str = "ddpm", num_inference_steps: int | None = None, labels=None,
            guidance_scale: float = 1.0, seed: int | None = 0, num_frames: int = 0,
-           clip_sample: bool = True, mixed_precision: str = "auto", progress: bool = True) -> SampleResult:
+           clip_sample: bool = True, mixed_precision: str = "auto", progress: bool = True,
+           variance_type: str = "fixed_small") -> SampleResult:
     """Generate ``num_images`` images of ``image_shape`` (C, H, W), starting from x_T ~ N(0, I).
 
     "ddpm" is Algorithm 2 with all T steps (``ddpm_step``); "ddim" and "dpm" use diffusers
     schedulers with ``num_inference_steps`` (e.g. 50). The loop reads: predict noise; step.
     ``labels``: (B, K) multi-hot for a conditional model, with ``guidance_scale`` w (see
     ``guided_noise``). ``num_frames`` > 0 keeps that many evenly spaced snapshots for a GIF.
+    ``variance_type``: Algorithm 2's σ_t² for "ddpm", β̃_t ("fixed_small") or β_t ("fixed_large").
 
     Runs on the model's device. The network runs under ``mixed_precision`` ("auto": fp16/bf16 on
     CUDA by the precision rule of ``utils.devices``, fp32 elsewhere); x_t and each step stay float32.
@@ -256,10 +265,16 @@ def sample(model, schedule: NoiseSchedule, num_images: int, image_shape: tuple[i
 
     if sampler == "ddpm":
         timesteps = list(range(schedule.num_train_timesteps - 1, -1, -1))   # T−1 … 0
-        step = lambda eps, t, x: ddpm_step(eps, t, x, schedule_d, clip_sample=clip_sample, generator=generator)
+        step = lambda eps, t, x: ddpm_step(eps, t, x, schedule_d, clip_sample=clip_sample, generator=generator,
+                                           variance_type=variance_type)
     else:
+        steps = num_inference_steps or 50
+        if steps > schedule.num_train_timesteps:
+            raise ValueError(f"num_inference_steps={steps} for {sampler!r}: the model was trained with T = "
+                             f"{schedule.num_train_timesteps} steps, so a fast sampler can take at most {schedule.num_train_timesteps} "
+                             "(the smoke preset has a small T; use min(steps, T)).")
         scheduler = make_scheduler(sampler, schedule, clip_sample=clip_sample)
-        scheduler.set_timesteps(num_inference_steps or 50, device=device)
+        scheduler.set_timesteps(steps, device=device)
         timesteps = [int(t) for t in scheduler.timesteps]
         step = lambda eps, t, x: scheduler.step(eps, t, x, generator=generator).prev_sample
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import diffusion, viz
+from . import devices, diffusion, viz
 from .data import to_model, to_unit
 from .devices import model_device
 from .io import atomic_save, previous_path
@@ -182,28 +182,93 @@ def save_accuracy(results: dict[str, Accuracy], path: str | Path, **settings) ->
     return path
 
 
-# ----------------------------------------------------------------------------- guidance sweep
+# ----------------------------------------------------------------------------- choosing w
+# Classifier-free guidance: ε = ε_uncond + w · (ε_cond − ε_uncond); w = 0 is unconditional, w = 1 plain
+# conditional, w > 1 guided. This w is 1 + the w of Ho & Salimans (2022), who write (1 + w)·ε_cond − w·ε_uncond.
+# Choosing w for the hand-in takes two passes: a cheap sweep over many w with a fast sampler (its shape),
+# then the few best w again with the hand-in sampler (the numbers you hand in), because the two samplers
+# can rank w differently.
+@dataclass
+class GuidanceRun:
+    """One guidance scale, sampled for every label set: the samples and their course accuracy."""
+
+    guidance_scale: float
+    samples: dict[str, diffusion.SampleResult]
+    scores: dict[str, Accuracy]
+
+    @property
+    def mean(self) -> float:
+        """Accuracy over all sets together (hits / labels), the number that ranks w."""
+        return sum(a.hits for a in self.scores.values()) / sum(a.total for a in self.scores.values())
+
+    def row(self) -> dict:
+        return {"guidance_scale": self.guidance_scale, **{n: a.value for n, a in self.scores.items()}}
+
+
+def sample_and_score(model, schedule: diffusion.NoiseSchedule, evaluator: nn.Module | None,
+                     label_sets: dict[str, torch.Tensor], guidance_scale: float, *, image_shape: tuple[int, int, int],
+                     sampler: str, num_inference_steps: int, seed: int = 0, clip_sample: bool = True,
+                     num_frames: int = 0, mixed_precision: str = "auto", progress: bool = True) -> GuidanceRun:
+    """One image per label list of each set at guidance scale w, scored as saved (8-bit) by ``evaluator``
+    (no scores without one). Every set starts from the noise of ``seed``. Writes nothing."""
+    samples, scores = {}, {}
+    for name, labels in label_sets.items():
+        samples[name] = diffusion.sample(model, schedule, len(labels), image_shape, sampler=sampler,
+                                         num_inference_steps=num_inference_steps, labels=labels,
+                                         guidance_scale=float(guidance_scale), seed=seed, num_frames=num_frames,
+                                         clip_sample=clip_sample, mixed_precision=mixed_precision, progress=progress)
+        if evaluator is not None:
+            scores[name] = accuracy(evaluator, as_saved(samples[name].images), labels)
+    return GuidanceRun(float(guidance_scale), samples, scores)
+
+
 def guidance_sweep(model, schedule: diffusion.NoiseSchedule, evaluator: nn.Module,
                    label_sets: dict[str, torch.Tensor], guidance_scales, *, image_shape: tuple[int, int, int],
                    sampler: str = "ddim", num_inference_steps: int = 50, seed: int = 0,
                    clip_sample: bool = True, mixed_precision: str = "auto", progress: bool = True) -> list[dict]:
     """Course accuracy of each label set at each guidance scale w; one row per w.
 
-    Classifier-free guidance: ε = ε_uncond + w · (ε_cond − ε_uncond); w = 0 is unconditional,
-    w = 1 plain conditional, w > 1 guided. Every w starts from the same noise (``seed``), so rows
-    differ only by w. label_sets: name → multi-hot (N, K). Rows: {"guidance_scale": w, name: accuracy}.
+    Every w starts from the same noise (``seed``), so rows differ only by w. label_sets: name →
+    multi-hot (N, K). Rows: {"guidance_scale": w, name: accuracy}.
     """
-    rows = []
-    for w in tqdm(list(guidance_scales), desc="guidance sweep", disable=not progress):
-        row = {"guidance_scale": float(w)}
-        for name, labels in label_sets.items():
-            images = diffusion.sample(model, schedule, len(labels), image_shape, sampler=sampler,
-                                      num_inference_steps=num_inference_steps, labels=labels,
-                                      guidance_scale=float(w), seed=seed, clip_sample=clip_sample,
-                                      mixed_precision=mixed_precision, progress=False).images
-            row[name] = accuracy(evaluator, as_saved(images), labels).value
-        rows.append(row)
-    return rows
+    return [sample_and_score(model, schedule, evaluator, label_sets, w, image_shape=image_shape, sampler=sampler,
+                             num_inference_steps=num_inference_steps, seed=seed, clip_sample=clip_sample,
+                             mixed_precision=mixed_precision, progress=False).row()
+            for w in tqdm(list(guidance_scales), desc="guidance sweep", disable=not progress)]
+
+
+def candidate_scales(rows: list[dict], top: int, also: float | None = None) -> list[float]:
+    """The ``top`` guidance scales of a sweep by accuracy over all sets (mean of the set columns), and
+    ``also`` (e.g. the config's w), in increasing order: the ones worth sampling with the hand-in sampler."""
+    names = [k for k in rows[0] if k != "guidance_scale"]
+    ranked = sorted(rows, key=lambda r: -sum(r[n] for n in names))
+    chosen = {r["guidance_scale"] for r in ranked[:top]} | ({float(also)} if also is not None else set())
+    return sorted(chosen)
+
+
+def best_run(runs: list[GuidanceRun]) -> GuidanceRun:
+    """The run with the highest accuracy over all sets; ties go to the smaller w (more diverse images)."""
+    return max(sorted(runs, key=lambda r: r.guidance_scale), key=lambda r: r.mean)
+
+
+def seconds_per_sampling_step(model, labels: torch.Tensor, image_shape: tuple[int, int, int], *,
+                              guidance: bool = True, mixed_precision: str = "auto", repeats: int = 3) -> float:
+    """Median time of one sampling step (one network evaluation, two with guidance) for ``len(labels)``
+    images on the model's device: steps × this × sets × scales = what a sampling plan will take."""
+    import statistics
+    import time
+
+    device = model_device(model) or torch.device("cpu")
+    xt = torch.zeros(len(labels), *image_shape, device=device)
+    t = torch.tensor([0], device=device)
+    labels = labels.to(device)
+    times = []
+    with torch.no_grad(), devices.autocast(device, mixed_precision):
+        for _ in range(repeats + 1):                                 # the first one warms up
+            start = time.perf_counter()
+            diffusion.guided_noise(model, xt, t, labels, 2.0 if guidance else 1.0).sum().item()   # .item() waits for it
+            times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
 
 
 def format_sweep(rows: list[dict]) -> str:
@@ -452,13 +517,18 @@ class FIDResult:
     kid_std: float
     num_real: int
     num_fake: int
+    kid_subset_size: int                   # at most num_real and num_fake
 
 
 def fid_kid(real: torch.Tensor, fake: torch.Tensor, *, kid_subset_size: int = 1000, kid_subsets: int = 100,
             seed: int = 0) -> FIDResult:
-    """FID and KID between feature sets real (N, D) and fake (M, D) (from ``extract_features``)."""
+    """FID and KID between feature sets real (N, D) and fake (M, D) (from ``extract_features``).
+
+    KID's subsets hold ``kid_subset_size`` images, or all of the smaller set when it has fewer.
+    """
     mean, std = kernel_inception_distance(real, fake, subset_size=kid_subset_size, subsets=kid_subsets, seed=seed)
-    return FIDResult(frechet_distance(real, fake), mean, std, len(real), len(fake))
+    return FIDResult(frechet_distance(real, fake), mean, std, len(real), len(fake),
+                     min(kid_subset_size, len(real), len(fake)))
 
 
 # ----------------------------------------------------------------------------- memorisation check
@@ -485,37 +555,107 @@ def nearest_neighbours(generated: torch.Tensor, train: torch.Tensor, *, chunk: i
 def load_trained(model: nn.Module, cfg, notebook: str) -> nn.Module:
     """``model`` with the EMA weights that notebook ``notebook`` saved for ``cfg`` (its checkpoint_dir).
 
-    No checkpoint there: a ``training.CheckpointError`` that names the notebook to run first.
+    No checkpoint there: a ``training.CheckpointError`` that names the notebook to run first, the run
+    (``cfg.run_name``) and folder it looked for, and the runs that do have a checkpoint.
     """
     from . import training
 
     path = training.checkpoint_path(cfg.checkpoint_dir)
     if not path.exists() and not previous_path(path).exists():
+        run = f"run_name={cfg.run_name!r}" + ("" if cfg.run_name else " (the hand-in run)")
+        found = ", ".join(repr(r) for r in trained_runs(cfg)) or "none"
         raise training.CheckpointError(
-            f"No trained {cfg.name} model at {path}. Run notebook {notebook} first, with the same work dir "
-            f"({cfg.workdir}) and preset, then run this cell again.")
+            f"No trained {cfg.name} model for {run}: no checkpoint at {path}. Run notebook {notebook} first with "
+            f"that run_name and the same work dir ({cfg.workdir}), or compare a run that exists (with a checkpoint "
+            f"there: {found}); then run this cell again.")
     return training.load_ema_model(model, cfg, path)
 
 
-def seconds_per_step(model: nn.Module, loss_fn, batch: dict, *, repeats: int = 3, betas=(0.9, 0.999)) -> float:
-    """Median time of one training iteration (``loss_fn``, backward, Adam step) on a copy of ``model``.
+def seconds_per_step(model: nn.Module, loss_fn, batch: dict, cfg, *, repeats: int = 3) -> float:
+    """Median time of one training iteration of a copy of ``model``, run as ``training.train`` runs it for ``cfg``.
 
-    Times both models the same way on the same device, so steps × this = a fair training-time estimate.
+    The same single-process Accelerate setup in ``cfg.mixed_precision`` (``training_precision`` names it),
+    an AdamW over ``training.loop_parameters`` only (a DCGAN's G: D takes its own step inside ``loss_fn``),
+    ``accelerator.backward``, gradient clipping and the EMA step. Every model timed this way on one device
+    gives iterations × this = a fair training-time estimate. ``torch_compile`` is left out (its first
+    steps compile).
     """
     import copy
     import statistics
     import time
 
-    twin = copy.deepcopy(model).train().requires_grad_(True)        # an EMA twin comes frozen
-    optimizer = torch.optim.Adam(twin.parameters(), lr=1e-6, betas=betas)
+    from diffusers.training_utils import EMAModel
+
+    from . import training
+
+    accelerator = training.notebook_accelerator(cfg.mixed_precision)
+    twin = copy.deepcopy(model).to(accelerator.device).train().requires_grad_(True)   # an EMA twin comes frozen
+    if getattr(cfg, "channels_last", False):
+        twin = twin.to(memory_format=torch.channels_last)
+    trained = list(training.loop_parameters(twin))
+    optimizer = torch.optim.AdamW(trained, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                  betas=getattr(cfg, "adam_betas", (0.9, 0.999)))
+    ema = EMAModel(twin.parameters(), decay=cfg.ema_decay, foreach=True)
+    twin, optimizer = accelerator.prepare(twin, optimizer)
     times = []
     for _ in range(repeats + 1):                                      # the first one warms up
         start = time.perf_counter()
         loss = loss_fn(twin, batch)
-        loss.backward()
+        accelerator.backward(loss)
+        if cfg.grad_clip:
+            accelerator.clip_grad_norm_(trained, cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        ema.step(twin.parameters())
         if loss.device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times[1:])
+
+
+def training_precision(cfg) -> str:
+    """The precision ``training.train`` trains ``cfg`` in on this machine: "fp16", "bf16" or "fp32"."""
+    from .devices import pick_device, resolve_mixed_precision
+
+    precision = resolve_mixed_precision(cfg.mixed_precision, pick_device())
+    return "fp32" if precision == "no" else precision
+
+
+def trained_runs(cfg) -> list[str]:
+    """The run_names of ``cfg.name``'s runs with a checkpoint beside ``cfg.checkpoint_dir`` ("" = the hand-in run)."""
+    from . import training
+
+    folder = Path(cfg.checkpoint_dir).parent
+    return sorted(p.name[len(cfg.name) + 1:] for p in folder.glob(f"{cfg.name}*")
+                  if (p.name == cfg.name or p.name.startswith(f"{cfg.name}-"))
+                  and training.checkpoint_path(p).exists())
+
+
+def sampler_steps(sampler: str, num_inference_steps: int, num_train_timesteps: int) -> int:
+    """Network evaluations per image of a DDPM sampler: "ddpm" (Algorithm 2) takes all T steps,
+    "ddim" and "dpm" ``num_inference_steps``."""
+    return num_train_timesteps if sampler == "ddpm" else num_inference_steps
+
+
+def score_generator(sample_fn, real: torch.Tensor, extractor: nn.Module, cmp, *, num: int | None = None,
+                    desc: str = "sampling", progress: bool = True) -> tuple[FIDResult, torch.Tensor]:
+    """FID/KID of ``num`` images from ``sample_fn(n, seed)`` against the first ``num`` of the real features
+    ``real`` (N, D) (default: as many as there are), by the protocol of ``cmp`` (a ``CompareConfig``).
+
+    Returns the result and the generated images' features (num, D), so a smaller count can be rescored.
+    """
+    num = len(real) if num is None else num
+    images = sample_in_batches(sample_fn, num, cmp.fid_batch_size, seed=cmp.seed, desc=desc, progress=progress)
+    fake = extract_features(images, extractor, batch_size=cmp.fid_batch_size, progress=progress)
+    return fid_kid(real[:num], fake, kid_subset_size=cmp.kid_subset_size, kid_subsets=cmp.kid_subsets,
+                   seed=cmp.seed), fake
+
+
+def format_fid(rows: list[dict]) -> str:
+    """FID/KID rows (data, model, sampler, steps and a ``FIDResult``'s fields) as a fixed-width table."""
+    lines = [f"{'data':6s} {'model':6s} {'images from':18s} {'N':>6s} {'FID':>9s} {'KID × 1000':>16s}"]
+    for r in rows:
+        made_by = f"{r['sampler']}, {r['steps']} step" + ("s" if r["steps"] != 1 else "")
+        lines.append(f"{r['data']:6s} {r['model']:6s} {made_by:18s} {r['num_fake']:6d} {r['fid']:9.2f} "
+                     f"{r['kid_mean'] * 1e3:8.2f} ± {r['kid_std'] * 1e3:5.2f}")
+    return "\n".join(lines)

@@ -94,7 +94,7 @@ def check_same_training(saved_config: dict, cfg, path: Path, *, finished: bool) 
 
     A finished run would otherwise return as "already done" and a student would read the old model's
     results as those of the new settings; an unfinished one would restore its own optimizer settings.
-    Only ``ADJUSTABLE_FIELDS`` (learning rate, clipping, EMA decay) may change when an unfinished run
+    Only ``ADJUSTABLE_FIELDS`` (learning rate, clipping, EMA decay, precision) may change when an unfinished run
     resumes, e.g. a lower learning rate after a NaN stop; their differences are returned, to be applied.
     """
     from .config import ADJUSTABLE_FIELDS
