@@ -110,3 +110,12 @@ def test_a_fast_sampler_asked_for_more_steps_than_T_says_so(sampler, tiny_model)
     schedule = diffusion.make_schedule(10)
     with pytest.raises(ValueError, match=r"num_inference_steps=25 .* T = 10 steps"):
         diffusion.sample(tiny_model, schedule, 1, (1, 28, 28), sampler=sampler, num_inference_steps=25, progress=False)
+
+
+def test_algorithm_2s_variance_choice_is_refused_for_a_sampler_that_does_not_use_it(tiny_model):
+    schedule = diffusion.make_schedule(10)
+    with pytest.raises(ValueError, match="used by sampler='ddpm' only"):
+        diffusion.sample(tiny_model, schedule, 1, (1, 28, 28), sampler="ddim", num_inference_steps=2,
+                         variance_type="fixed_large", progress=False)
+    with pytest.raises(ValueError, match="variance_type='large'"):
+        diffusion.sample(tiny_model, schedule, 1, (1, 28, 28), variance_type="large", progress=False)

@@ -204,10 +204,10 @@ def test_the_hand_in_sampler_confirms_the_sweeps_best_scales_and_the_configs():
     assert evaluate.candidate_scales(sweep, 2) == [1.0, 2.0]
     assert evaluate.candidate_scales(sweep, 2, also=4.0) == [1.0, 2.0, 4.0]
     assert evaluate.candidate_scales(sweep, 1, also=2.0) == [2.0]
-    # … and the hand-in sampler decides, over both sets together (hits / labels); a tie keeps the smaller w
+    # … and the hand-in sampler decides, by the same number (the mean of the sets' accuracies); a tie keeps the smaller w
     assert evaluate.best_run([_run(1.0, 50, 57), _run(2.0, 53, 60), _run(4.0, 52, 60)]).guidance_scale == 2.0
     assert evaluate.best_run([_run(3.0, 50, 60), _run(1.5, 50, 60)]).guidance_scale == 1.5
-    assert _run(2.0, 54, 63).mean == pytest.approx((54 + 63) / (72 + 84))
+    assert _run(2.0, 54, 63).mean == pytest.approx((54 / 72 + 63 / 84) / 2)
 
 
 def test_sample_and_score_keeps_the_images_and_scores_both_sets_like_the_sweep(tmp_path, evaluator):

@@ -61,7 +61,7 @@ try:
 except AssertionError as err:
     print("ex3 the fixed_small check refuses it:", err)
 images = diffusion.sample(result.ema_model, schedule, 25, (cfg.channels, cfg.image_size, cfg.image_size),
-                          variance_type="fixed_large", seed=cfg.seed).images
+                          sampler="ddpm", variance_type="fixed_large", seed=cfg.seed).images
 print("ex3 sampled", tuple(images.shape))
 ''',
     # 4. EMA off, 5. clipping off

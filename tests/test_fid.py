@@ -63,10 +63,12 @@ def test_identical_image_sets_through_the_injected_extractor_give_zero_fid():
     assert result.fid == pytest.approx(0.0, abs=1e-4) and (result.num_real, result.num_fake) == (40, 40)
 
 
-def test_kid_subsets_shrink_to_the_smaller_set_and_the_result_says_so():
+def test_kid_subsets_shrink_below_the_smaller_set_so_their_spread_means_something():
     real, fake = correlated_gaussian(40, seed=1), correlated_gaussian(12, seed=2)
     result = evaluate.fid_kid(real, fake, kid_subset_size=20, kid_subsets=5)
-    assert (result.num_real, result.num_fake, result.kid_subset_size) == (40, 12, 12)
+    assert (result.num_real, result.num_fake, result.kid_subset_size) == (40, 12, 6)    # half of 12: subsets differ
+    assert result.kid_std > 0                                   # a subset of all 12 would give ± 0 every time
+    assert evaluate.kid_subset_for(1000, 5000, 5000) == 1000 and evaluate.kid_subset_for(1000, 500, 500) == 250
 
 
 def test_a_generator_is_scored_against_as_many_of_the_first_real_images():

@@ -253,6 +253,11 @@ def sample(model, schedule: NoiseSchedule, num_images: int, image_shape: tuple[i
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler={sampler!r}: use one of {SAMPLERS}.")
+    if variance_type not in VARIANCE_TYPES:
+        raise ValueError(f"variance_type={variance_type!r}: use one of {VARIANCE_TYPES}.")
+    if variance_type != "fixed_small" and sampler != "ddpm":
+        raise ValueError(f"variance_type={variance_type!r} is Algorithm 2's σ_t², used by sampler='ddpm' only; "
+                         f"{sampler!r} adds no fresh noise (η = 0). Use sampler='ddpm'.")
     device = model_device(model) or torch.device("cpu")
     generator = torch.Generator()
     if seed is not None:

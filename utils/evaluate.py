@@ -198,8 +198,8 @@ class GuidanceRun:
 
     @property
     def mean(self) -> float:
-        """Accuracy over all sets together (hits / labels), the number that ranks w."""
-        return sum(a.hits for a in self.scores.values()) / sum(a.total for a in self.scores.values())
+        """The mean of the sets' accuracies: the number that ranks w, in the sweep (``candidate_scales``) too."""
+        return sum(a.value for a in self.scores.values()) / len(self.scores)
 
     def row(self) -> dict:
         return {"guidance_scale": self.guidance_scale, **{n: a.value for n, a in self.scores.items()}}
@@ -467,6 +467,13 @@ def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
     return float(metric.compute())
 
 
+def kid_subset_for(requested: int, num_real: int, num_fake: int) -> int:
+    """KID's subset size: ``requested``, or half the smaller set when that has no more images, so the
+    subsets differ and their spread (the ± of KID) means something; a subset of every image has none."""
+    n = min(num_real, num_fake)
+    return requested if requested < n else max(2, n // 2)
+
+
 def kernel_inception_distance(real: torch.Tensor, fake: torch.Tensor, *, subset_size: int = 1000,
                               subsets: int = 100, seed: int = 0) -> tuple[float, float]:
     """KID (mean, std) between feature sets real (N, D) and fake (M, D), by torchmetrics'
@@ -475,7 +482,7 @@ def kernel_inception_distance(real: torch.Tensor, fake: torch.Tensor, *, subset_
 
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    subset_size = min(subset_size, len(real), len(fake))
+    subset_size = kid_subset_for(subset_size, len(real), len(fake))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
         metric = KernelInceptionDistance(feature=_Precomputed(real.shape[1]), subsets=subsets, subset_size=subset_size)
@@ -517,18 +524,18 @@ class FIDResult:
     kid_std: float
     num_real: int
     num_fake: int
-    kid_subset_size: int                   # at most num_real and num_fake
+    kid_subset_size: int                   # below num_real and num_fake (``kid_subset_for``)
 
 
 def fid_kid(real: torch.Tensor, fake: torch.Tensor, *, kid_subset_size: int = 1000, kid_subsets: int = 100,
             seed: int = 0) -> FIDResult:
     """FID and KID between feature sets real (N, D) and fake (M, D) (from ``extract_features``).
 
-    KID's subsets hold ``kid_subset_size`` images, or all of the smaller set when it has fewer.
+    KID's subsets hold ``kid_subset_size`` images, or half the smaller set when it has no more.
     """
     mean, std = kernel_inception_distance(real, fake, subset_size=kid_subset_size, subsets=kid_subsets, seed=seed)
     return FIDResult(frechet_distance(real, fake), mean, std, len(real), len(fake),
-                     min(kid_subset_size, len(real), len(fake)))
+                     kid_subset_for(kid_subset_size, len(real), len(fake)))
 
 
 # ----------------------------------------------------------------------------- memorisation check

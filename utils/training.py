@@ -103,7 +103,7 @@ def check_same_training(saved_config: dict, cfg, path: Path, *, finished: bool) 
     fixed = _differences(saved_config, {k: v for k, v in cfg.training().items() if k not in adjustable})
     if fixed:
         state = ("is finished: this cell would train nothing and hand back the old model" if finished
-                 else "would go on with its own settings")
+                 else "would mix its saved optimizer and schedule state with these settings")
         raise CheckpointError(
             f"The run in {path.parent} was trained with other settings than this config's, so it {state}:\n  - "
             + "\n  - ".join(fixed)
