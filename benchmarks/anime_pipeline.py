@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from _common import write_result
 
-from utils import config, data, diffusion, models, training
+from utils import config, data, diffusion, fixtures, models, training
 
 COURSE_FACES = 21_376                  # images per epoch in the course copy
 T4_TFLOPS = (10.0, 15.0)               # assumed sustained fp16 throughput of a T4 on this U-Net (peak 65)
@@ -107,7 +107,7 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = config.make_config("anime", "full", workdir=tmp)
-        folder = data.write_anime_fixture(Path(tmp) / "data", "course", n=n_images)
+        folder = fixtures.write_anime_fixture(Path(tmp) / "data", "course", n=n_images)
         faces = data.load_anime(Path(tmp) / "data", Path(tmp) / "cache", progress=False)
         cached = cached_images_per_second(faces, cfg.batch_size, epochs)
         decoded = imagefolder_images_per_second(folder.parent, cfg.batch_size, epochs, workers)

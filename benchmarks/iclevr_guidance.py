@@ -31,7 +31,7 @@ import torch
 
 from _common import write_result
 
-from utils import config, diffusion, evaluate, models
+from utils import config, diffusion, fixtures, iclevr_accuracy, models
 from utils.data import iclevr
 
 
@@ -81,18 +81,19 @@ def main():
           f"   two separate forwards (B): {separate * 1000:7.1f} ms   (batched / separate = {batched / separate:.2f}; "
           f"max |difference| = {difference:.1e})")
 
-    checkpoint = evaluate.write_evaluator_fixture(Path(tempfile.mkdtemp()) / "checkpoint.pth")
-    evaluator = evaluate.load_evaluator(checkpoint)
+    checkpoint = fixtures.write_evaluator_fixture(Path(tempfile.mkdtemp()) / "checkpoint.pth")
+    evaluator = iclevr_accuracy.load_evaluator(checkpoint)
 
     def sample_and_score(sampler, steps):
         images = diffusion.sample(model, schedule, len(labels), shape, sampler=sampler, num_inference_steps=steps,
                                   labels=labels, guidance_scale=w, progress=False).images
-        return evaluate.accuracy(evaluator, evaluate.as_saved(images), labels)
+        return iclevr_accuracy.accuracy(evaluator, iclevr_accuracy.as_saved(images), labels)
 
     start = time.perf_counter()
     sample_and_score("ddim", 50)
     ddim_total = time.perf_counter() - start
-    score_time = timed(lambda: evaluate.accuracy(evaluator, evaluate.as_saved(xt.clamp(-1, 1)), labels), args.repeats)
+    score_time = timed(lambda: iclevr_accuracy.accuracy(evaluator, iclevr_accuracy.as_saved(xt.clamp(-1, 1)), labels),
+                       args.repeats)
     short = diffusion.make_schedule(args.ddpm_steps_timed, cfg.beta_schedule)   # same network, fewer steps
     start = time.perf_counter()
     diffusion.sample(model, short, len(labels), shape, sampler="ddpm", labels=labels, guidance_scale=w, progress=False)

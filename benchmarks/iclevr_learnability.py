@@ -1,14 +1,14 @@
 """Does conditioning work? A CPU-sized check of the iCLEVR pipeline on procedurally drawn scenes.
 
 1. Draw scenes of 1–3 colored flat shapes (24 objects: 8 colors × 3 shapes) with
-   ``utils.data.iclevr.draw_scene`` at 32×32 — the same generator as the smoke fixture.
+   ``utils.fixtures.draw_scene`` at 32×32 — the same generator as the smoke fixture.
 2. Train a classifier on them: a small CNN with the course evaluator's sigmoid head (the
    course's ResNet-18 trains ≈ 10× slower on a CPU and is not needed for flat shapes).
 3. Train a small conditional DDPM (``models.build_model``, condition dropout 0.1) with the
    bundle's training loop for a fixed number of steps.
 4. Sample images for unseen random label lists at w = 0, 1, 2, 4 (classifier-free guidance,
    ε = ε_uncond + w · (ε_cond − ε_uncond); w = 0 unconditional, w = 1 conditional) and score
-   them with ``evaluate.accuracy`` — the course protocol.
+   them with ``iclevr_accuracy.accuracy`` — the course protocol.
 
 Conditioning works when accuracy rises from w = 0 (chance level for this label mix) to w ≥ 1.
 
@@ -36,9 +36,9 @@ from torch import nn
 
 from _common import RESULTS, train_timed, write_result
 
-from utils import config, diffusion, evaluate, models, viz
-from utils.data import BatchLoader, ImageSet, encode_labels
-from utils.data.iclevr import draw_scene, object_names, random_label_lists
+from utils import config, diffusion, iclevr_accuracy, models, viz
+from utils.data import BatchLoader, ImageSet, encode_labels, object_names
+from utils.fixtures import draw_scene, random_label_lists
 
 SIZE = 32
 
@@ -103,7 +103,8 @@ def main():
     start = time.perf_counter()
     train, held_out = draw_set(6000, seed=1), draw_set(args.num_samples, seed=2)
     classifier = train_classifier(train, args.classifier_steps)
-    real = evaluate.accuracy(classifier, evaluate.as_saved(held_out.images.float() / 127.5 - 1), held_out.labels)
+    real = iclevr_accuracy.accuracy(classifier, iclevr_accuracy.as_saved(held_out.images.float() / 127.5 - 1),
+                                    held_out.labels)
     print(f"classifier: {args.classifier_steps} steps in {time.perf_counter() - start:.0f} s; "
           f"course accuracy on {len(held_out)} held-out drawn scenes: {real.value:.3f} ({real.hits}/{real.total})")
 
@@ -120,11 +121,11 @@ def main():
     sweeps, seconds = {}, {}
     for sampler, steps in (("ddim", args.sample_steps), ("ddpm", cfg.num_train_timesteps)):
         start = time.perf_counter()
-        sweeps[sampler] = evaluate.guidance_sweep(result.ema_model, schedule, classifier, {"drawn": held_out.labels},
-                                                  scales, image_shape=(3, SIZE, SIZE), sampler=sampler,
-                                                  num_inference_steps=steps, progress=False)
+        sweeps[sampler] = iclevr_accuracy.guidance_sweep(result.ema_model, schedule, classifier,
+                                                         {"drawn": held_out.labels}, scales, image_shape=(3, SIZE, SIZE), sampler=sampler,
+                                                         num_inference_steps=steps, progress=False)
         seconds[sampler] = time.perf_counter() - start
-        print(f"{sampler} {steps} steps, {seconds[sampler]:.0f} s\n{evaluate.format_sweep(sweeps[sampler])}")
+        print(f"{sampler} {steps} steps, {seconds[sampler]:.0f} s\n{iclevr_accuracy.format_sweep(sweeps[sampler])}")
         grid = torch.cat([diffusion.sample(result.ema_model, schedule, len(shown), (3, SIZE, SIZE), sampler=sampler,
                                            num_inference_steps=steps, labels=shown, guidance_scale=w,
                                            progress=False).images for w in scales])
@@ -144,7 +145,7 @@ sigmoid head, {args.classifier_steps} steps; course accuracy on {len(held_out)} 
 Conditional DDPM: {models.count_parameters(model) / 1e6:.2f} M parameters, condition dropout 0.1,
 {result.step} steps of batch {cfg.batch_size} in {train_s:.0f} s; final loss ≈
 {np.mean(result.loss_history[-50:]):.4f}. For each w, one image per label list of the same
-{len(held_out)} held-out lists ({real.total} objects), scored with `evaluate.accuracy` (course
+{len(held_out)} held-out lists ({real.total} objects), scored with `iclevr_accuracy.accuracy` (course
 protocol). Chance ≈ 0.083.
 
 | guidance scale | course accuracy, DDIM {args.sample_steps} steps ({seconds["ddim"]:.0f} s) | course accuracy, DDPM 1000 steps ({seconds["ddpm"]:.0f} s) |

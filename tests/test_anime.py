@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from utils import config, data
+from utils import config, data, fixtures
 from utils.data import anime
 
 
@@ -24,14 +24,14 @@ def _offline(*args, **kwargs):
 
 @pytest.mark.parametrize("layout", ["course", "kaggle", "huggingface", "folder"])
 def test_every_layout_loads_each_face_once_as_color_uint8(tmp_path, layout):
-    data.write_anime_fixture(tmp_path / "data", layout, n=6)
+    fixtures.write_anime_fixture(tmp_path / "data", layout, n=6)
     faces = _load(tmp_path)
     assert faces.images.shape == (6, 3, 64, 64) and faces.images.dtype == torch.uint8
     assert faces.labels is None
 
 
 def test_nested_duplicate_folder_is_skipped_not_counted(tmp_path):
-    root = data.write_anime_fixture(tmp_path / "data", "kaggle", n=5)
+    root = fixtures.write_anime_fixture(tmp_path / "data", "kaggle", n=5)
     assert len(list((root / "data").glob("*.png"))) == 5   # the real duplicate: every file twice
     files, skipped = data.list_anime_files(root)
     assert len(files) == 5 and skipped == 5
@@ -39,7 +39,7 @@ def test_nested_duplicate_folder_is_skipped_not_counted(tmp_path):
 
 
 def test_nested_file_without_an_identical_twin_is_kept(tmp_path):
-    root = data.write_anime_fixture(tmp_path / "data", "huggingface", n=4)
+    root = fixtures.write_anime_fixture(tmp_path / "data", "huggingface", n=4)
     Image.new("RGB", (64, 64), (255, 0, 0)).save(root / "data" / "99.png")    # only in the nested folder
     Image.new("RGB", (64, 64), (0, 0, 255)).save(root / "data" / "3.png")     # same name, other content
     files, skipped = data.list_anime_files(root)
@@ -47,14 +47,14 @@ def test_nested_file_without_an_identical_twin_is_kept(tmp_path):
 
 
 def test_a_stray_image_in_data_dir_does_not_hide_the_real_copy(tmp_path):
-    data.write_anime_fixture(tmp_path / "data", "course", n=5)
+    fixtures.write_anime_fixture(tmp_path / "data", "course", n=5)
     Image.new("RGB", (64, 64)).save(tmp_path / "data" / "preview.png")
     assert data.find_anime(tmp_path / "data")[0] == "course"
     assert len(_load(tmp_path)) == 5
 
 
 def test_a_copy_with_only_the_nested_folder_is_found(tmp_path):
-    root = data.write_anime_fixture(tmp_path / "data", "kaggle", n=4)
+    root = fixtures.write_anime_fixture(tmp_path / "data", "kaggle", n=4)
     for png in root.glob("*.png"):
         png.unlink()
     assert data.find_anime(tmp_path / "data") == ("kaggle", root)
@@ -73,7 +73,7 @@ def test_a_later_session_prefers_the_largest_cache(tmp_path):
 
 
 def test_rgba_png_becomes_its_rgb_pixels(tmp_path):
-    root = data.write_anime_fixture(tmp_path / "data", "course", n=4)
+    root = fixtures.write_anime_fixture(tmp_path / "data", "course", n=4)
     assert Image.open(root / "1.png").mode == "RGBA"
     faces = _load(tmp_path)
     expected = np.array(Image.open(root / "1.png").convert("RGB"))
@@ -81,7 +81,7 @@ def test_rgba_png_becomes_its_rgb_pixels(tmp_path):
 
 
 def test_image_that_is_not_64px_is_resized(tmp_path):
-    root = data.write_anime_fixture(tmp_path / "data", "course", n=4)
+    root = fixtures.write_anime_fixture(tmp_path / "data", "course", n=4)
     assert Image.open(root / "2.png").size == (80, 80)
     faces = _load(tmp_path)
     expected = np.array(Image.open(root / "2.png").convert("RGB").resize((64, 64), Image.BILINEAR))
@@ -89,14 +89,14 @@ def test_image_that_is_not_64px_is_resized(tmp_path):
 
 
 def test_unreadable_file_is_reported_by_name(tmp_path):
-    root = data.write_anime_fixture(tmp_path / "data", "course", n=4)
+    root = fixtures.write_anime_fixture(tmp_path / "data", "course", n=4)
     (root / "7.png").write_bytes(b"not a png")
     with pytest.raises(data.DatasetError, match=r"7\.png"):
         _load(tmp_path)
 
 
 def test_decoding_happens_once_then_the_cache_is_reused(tmp_path, monkeypatch):
-    data.write_anime_fixture(tmp_path / "data", "kaggle", n=4)
+    fixtures.write_anime_fixture(tmp_path / "data", "kaggle", n=4)
     first = _load(tmp_path)
     assert len(list((tmp_path / "cache").glob("anime_64px_*.pt"))) == 1
     monkeypatch.setattr(anime, "decode_images", lambda *a, **k: pytest.fail("decoded twice"))
@@ -104,7 +104,7 @@ def test_decoding_happens_once_then_the_cache_is_reused(tmp_path, monkeypatch):
 
 
 def test_a_later_session_uses_the_cache_without_the_raw_files(tmp_path, monkeypatch):
-    data.write_anime_fixture(tmp_path / "data", "kaggle", n=4)
+    fixtures.write_anime_fixture(tmp_path / "data", "kaggle", n=4)
     first = _load(tmp_path)
     monkeypatch.setattr(anime, "download_anime", lambda *a, **k: pytest.fail("downloaded although cached"))
     later = data.load_anime(tmp_path / "fresh-session", tmp_path / "cache", download="kaggle")
@@ -113,7 +113,7 @@ def test_a_later_session_uses_the_cache_without_the_raw_files(tmp_path, monkeypa
 
 
 def test_an_earlier_download_in_download_dir_is_reused(tmp_path, monkeypatch):
-    data.write_anime_fixture(tmp_path / "downloads" / "anime-faces-hf", "huggingface", n=4)
+    fixtures.write_anime_fixture(tmp_path / "downloads" / "anime-faces-hf", "huggingface", n=4)
     monkeypatch.setattr(anime, "download_anime", lambda *a, **k: pytest.fail("downloaded twice"))
     faces = _load(tmp_path, download="huggingface", download_dir=tmp_path / "downloads")
     assert len(faces) == 4
@@ -128,7 +128,7 @@ def test_nothing_on_disk_and_no_download_says_where_it_looked(tmp_path):
 def test_download_then_load_reads_what_the_library_fetched(tmp_path, monkeypatch, source):
     # Local stand-ins: kagglehub returns an unpacked folder, huggingface_hub a path to data.zip.
     fixture = tmp_path / "fetched"
-    root = data.write_anime_fixture(fixture, source, n=5)
+    root = fixtures.write_anime_fixture(fixture, source, n=5)
     archive = tmp_path / "data.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         for path in root.rglob("*.png"):
@@ -169,7 +169,7 @@ def test_missing_download_library_says_how_to_install_it(tmp_path, monkeypatch):
 
 def test_smoke_batches_are_color_64px_in_model_range(tmp_path):
     cfg = config.make_config("anime", "smoke", workdir=str(tmp_path))
-    data.write_anime_fixture(cfg.data_dir, "kaggle", n=16)
+    fixtures.write_anime_fixture(cfg.data_dir, "kaggle", n=16)
     faces = data.load_anime(cfg.data_dir, cfg.cache_dir, progress=False)
     batch = next(data.BatchLoader(faces, cfg.batch_size, hflip=cfg.hflip).epoch(0))["x0"]
     assert batch.shape == (cfg.batch_size, 3, 64, 64)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from utils import config, evaluate
+from utils import compare, config
 
 
 class AutocastRecorder(nn.Module):
@@ -34,21 +34,21 @@ def test_a_training_step_is_timed_in_the_precision_the_model_trains_in(tmp_path,
         recorded.extend(model.seen[-1:])                     # the copy's record: the original is never run
         return out.float().square().mean()
 
-    evaluate.seconds_per_step(AutocastRecorder(), loss_fn, {"x0": torch.randn(2, 4)}, cfg, repeats=2)
+    compare.seconds_per_step(AutocastRecorder(), loss_fn, {"x0": torch.randn(2, 4)}, cfg, repeats=2)
     assert len(recorded) == 3 and all(on == autocast for on, _ in recorded)
     if autocast:
         assert all(dtype == torch.bfloat16 for _, dtype in recorded)
-    assert evaluate.training_precision(cfg) == name
+    assert compare.training_precision(cfg) == name
 
 
 def test_auto_precision_is_timed_in_fp32_on_the_cpu(monkeypatch):
     monkeypatch.setenv("DDPM_DEVICE", "cpu")
-    assert evaluate.training_precision(config.make_config("anime", "smoke")) == "fp32"
+    assert compare.training_precision(config.make_config("anime", "smoke")) == "fp32"
 
 
 @pytest.mark.parametrize("sampler, steps", [("ddpm", 1000), ("ddim", 50), ("dpm", 50)])
 def test_a_ddpm_sampler_costs_all_t_steps_only_for_algorithm_2(sampler, steps):
-    assert evaluate.sampler_steps(sampler, 50, 1000) == steps
+    assert compare.sampler_steps(sampler, 50, 1000) == steps
 
 
 def test_the_hand_in_sampler_is_scored_on_fewer_images_than_the_protocol():

@@ -12,7 +12,8 @@ import os
 import pytest
 import torch
 
-from utils import config, data, devices, diffusion, evaluate, gan, models, monitor, standin, training, widgets
+from utils import (compare, config, data, devices, diffusion, fid, fixtures, gan, iclevr_accuracy, models, monitor, standin,
+                   training, widgets)
 from utils.data import iclevr
 
 DEVICE = config.pick_device()
@@ -33,8 +34,8 @@ def cond(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def evaluator_on_device(tmp_path_factory):
-    checkpoint = evaluate.write_evaluator_fixture(tmp_path_factory.mktemp("evaluator") / "checkpoint.pth")
-    return evaluate.load_evaluator(checkpoint, DEVICE)
+    checkpoint = fixtures.write_evaluator_fixture(tmp_path_factory.mktemp("evaluator") / "checkpoint.pth")
+    return iclevr_accuracy.load_evaluator(checkpoint, DEVICE)
 
 
 def _host_images(n, size=64):
@@ -155,10 +156,10 @@ def test_previews_take_host_labels(cond):
 
 def test_the_evaluator_and_the_sweep_take_host_images(cond, evaluator_on_device):
     model, schedule, _ = cond
-    acc = evaluate.accuracy(evaluator_on_device, _host_images(3), LABELS)
+    acc = iclevr_accuracy.accuracy(evaluator_on_device, _host_images(3), LABELS)
     assert 0 <= acc.value <= 1 and acc.total == 6
-    rows = evaluate.guidance_sweep(model, schedule, evaluator_on_device, {"test": LABELS}, [0.0, 2.0],
-                                   image_shape=(3, 64, 64), num_inference_steps=2, progress=False)
+    rows = iclevr_accuracy.guidance_sweep(model, schedule, evaluator_on_device, {"test": LABELS}, [0.0, 2.0],
+                                          image_shape=(3, 64, 64), num_inference_steps=2, progress=False)
     assert [r["guidance_scale"] for r in rows] == [0.0, 2.0]
 
 
@@ -178,11 +179,11 @@ def test_the_dcgan_loss_and_sampler_follow_the_gan(tmp_path):
 
 
 def test_fid_features_and_nearest_neighbours_take_host_images():
-    extractor = evaluate.RandomFeatures().to(DEVICE)
+    extractor = fixtures.RandomFeatures().to(DEVICE)
     images = torch.randint(0, 256, (5, 3, 28, 28), dtype=torch.uint8)
-    features = evaluate.extract_features(images, extractor, batch_size=2, progress=False)
+    features = fid.extract_features(images, extractor, batch_size=2, progress=False)
     assert features.device.type == "cpu" and features.dtype == torch.float64
-    dist, idx = evaluate.nearest_neighbours(data.to_model(images[:2]).to(DEVICE), images)
+    dist, idx = compare.nearest_neighbours(data.to_model(images[:2]).to(DEVICE), images)
     assert idx.tolist() == [0, 1] and dist.device.type == "cpu"
 
 

@@ -44,12 +44,12 @@ def test_ddpm_step_equals_diffusers_step(t, clip_sample, variance_type):
     torch.testing.assert_close(ours, theirs, rtol=5e-4, atol=5e-4)
 
 
-def test_make_scheduler_uses_the_same_betas():
+def test_make_diffusers_scheduler_uses_the_same_betas():
     schedule = diffusion.make_schedule(1000, "squaredcos_cap_v2")
     for name in diffusion.SAMPLERS:
-        scheduler = diffusion.make_scheduler(name, schedule)
+        scheduler = diffusion.make_diffusers_scheduler(name, schedule)
         torch.testing.assert_close(scheduler.alphas_cumprod, schedule.alphas_cumprod)
-    assert isinstance(diffusion.make_scheduler("ddim", schedule), DDIMScheduler)
+    assert isinstance(diffusion.make_diffusers_scheduler("ddim", schedule), DDIMScheduler)
 
 
 def test_diffusion_loss_is_mse_between_noise_and_prediction():

@@ -98,17 +98,17 @@ def test_notebook_01_exercises_run_and_experiments_leave_the_hand_in_alone(tmp_p
 NB03_SAMPLING_EXERCISES = [
     # 3. fast samplers, scored without writing anything
     '''
-run = evaluate.sample_and_score(ema, schedule, evaluator, label_sets, w, image_shape=shape, sampler="dpm",
-                                num_inference_steps=min(25, cfg.num_train_timesteps), seed=cfg.seed)   # smoke: T = 10
+run = iclevr_accuracy.sample_and_score(ema, schedule, evaluator, label_sets, w, image_shape=shape, sampler="dpm",
+                                       num_inference_steps=min(25, cfg.num_train_timesteps), seed=cfg.seed)   # smoke: T = 10
 print("ex3", {name: acc.total for name, acc in run.scores.items()}, {name: acc.total for name, acc in hand_in.scores.items()})
 ''',
     # 5. new_test, image by image (the exercise's snippet)
     '''
 with torch.no_grad():
-    scores = evaluator(evaluate.as_saved(samples["new_test"].images).to(device)).cpu()   # (32, 24)
+    scores = evaluator(iclevr_accuracy.as_saved(samples["new_test"].images).to(device)).cpu()   # (32, 24)
 missed = 0
 for i, names in enumerate(new_test_lists):
-    found = evaluate.count_hits(scores[i:i + 1], label_sets["new_test"][i:i + 1])
+    found = iclevr_accuracy.count_hits(scores[i:i + 1], label_sets["new_test"][i:i + 1])
     missed += found.total - found.hits
 print("ex5 missed", missed, "of", int(label_sets["new_test"].sum()), "hand-in", hand_in.scores["new_test"].total - hand_in.scores["new_test"].hits)
 ''',

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from utils import config, data, evaluate, gan, models, training
+from utils import compare, config, data, gan, models, training
 
 
 @pytest.mark.parametrize("size, channels", [(28, 1), (64, 3)])
@@ -95,7 +95,7 @@ def test_missing_ddpm_checkpoint_names_the_notebook_the_run_and_the_runs_there_a
         training.checkpoint_path(tmp_path / "checkpoints" / trained).touch()
     cfg = config.make_config("mnist", "smoke", workdir=str(tmp_path), run_name="cosine")
     with pytest.raises(training.CheckpointError) as err:
-        evaluate.load_trained(models.build_model(cfg), cfg, "01_mnist_ddpm")
+        compare.load_trained(models.build_model(cfg), cfg, "01_mnist_ddpm")
     message = str(err.value)
     assert "Run notebook 01_mnist_ddpm first" in message and "run_name='cosine'" in message
     assert str(training.checkpoint_path(cfg.checkpoint_dir)) in message and "'', 'drop0'" in message
@@ -105,7 +105,7 @@ def test_missing_ddpm_checkpoint_names_the_notebook_the_run_and_the_runs_there_a
 def test_a_training_step_is_timed_on_a_copy(tmp_path):
     cfg, loader, model = gan_setup(tmp_path)
     before = [p.detach().clone() for p in model.parameters()]
-    seconds = evaluate.seconds_per_step(model, gan.loss_fn, next(loader.epoch(0)), cfg, repeats=1)
+    seconds = compare.seconds_per_step(model, gan.loss_fn, next(loader.epoch(0)), cfg, repeats=1)
     assert seconds > 0 and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
@@ -121,7 +121,7 @@ def test_timing_a_gan_steps_only_the_generator_with_the_loops_optimizer(tmp_path
         timed.append(twin)
         return gan.loss_fn(twin, batch)
 
-    evaluate.seconds_per_step(model, loss_fn, next(loader.epoch(0)), cfg, repeats=1)
+    compare.seconds_per_step(model, loss_fn, next(loader.epoch(0)), cfg, repeats=1)
     (optimizer,) = made[0]._optimizers                                 # the one the timed step prepared
     stepped = [p for group in optimizer.param_groups for p in group["params"]]
     assert {id(p) for p in stepped} == {id(p) for p in timed[0].generator.parameters()}

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from utils import fixtures
 from utils.data import DatasetError
 from utils.data import iclevr
 
@@ -22,7 +23,7 @@ def objects():
 
 @pytest.fixture
 def fixture_dir(tmp_path):
-    return iclevr.write_iclevr_fixture(tmp_path / "data", n_scenes=3)
+    return fixtures.write_iclevr_fixture(tmp_path / "data", n_scenes=3)
 
 
 def test_bundled_label_files_are_the_course_files():
@@ -101,7 +102,7 @@ def test_fixture_has_the_real_layout(fixture_dir):
 
 
 def test_drawn_objects_have_their_label_colors():
-    image = iclevr.draw_scene(["cyan cube"], random.Random(0)).convert("RGB")
+    image = fixtures.draw_scene(["cyan cube"], random.Random(0)).convert("RGB")
     assert iclevr.COLORS["cyan"] in {color for _, color in image.getcolors()}
 
 
@@ -125,7 +126,7 @@ def test_missing_image_folder_names_the_folders_searched(fixture_dir, tmp_path):
 
 
 def test_finds_everything_inside_an_iclevr_folder(tmp_path):
-    iclevr.write_iclevr_fixture(tmp_path / "data" / "iclevr", n_scenes=1)
+    fixtures.write_iclevr_fixture(tmp_path / "data" / "iclevr", n_scenes=1)
     files = iclevr.find_iclevr(tmp_path / "data")
     assert files.label_dir == tmp_path / "data" / "iclevr"
     assert files.image_dir == tmp_path / "data" / "iclevr" / "iclevr"

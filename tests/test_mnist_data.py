@@ -8,13 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from utils import data
+from utils import data, fixtures
 from utils.data import common
 
 
 @pytest.mark.parametrize("layout", ["course", "teavanist", "folder"])
 def test_jpg_layouts_load_as_gray_uint8(tmp_path, layout):
-    data.write_mnist_fixture(tmp_path / "data", layout, n_per_digit=3)
+    fixtures.write_mnist_fixture(tmp_path / "data", layout, n_per_digit=3)
     ds = data.load_mnist(tmp_path / "data", tmp_path / "cache", download=False)
     assert ds.images.shape == (30, 1, 28, 28) and ds.images.dtype == torch.uint8
     assert sorted(ds.labels.tolist()) == sorted(list(range(10)) * 3)
@@ -22,7 +22,7 @@ def test_jpg_layouts_load_as_gray_uint8(tmp_path, layout):
 
 
 def test_jpg_digits_match_the_original_pixels(tmp_path):
-    data.write_mnist_fixture(tmp_path / "data", "course", n_per_digit=2)
+    fixtures.write_mnist_fixture(tmp_path / "data", "course", n_per_digit=2)
     ds = data.load_mnist(tmp_path / "data", tmp_path / "cache", download=False)
     original = data.offline_sample()
     first_zero = original.images[original.labels == 0][0].float()
@@ -31,7 +31,7 @@ def test_jpg_digits_match_the_original_pixels(tmp_path):
 
 
 def test_decoding_is_cached(tmp_path, monkeypatch):
-    data.write_mnist_fixture(tmp_path / "data", "course", n_per_digit=2)
+    fixtures.write_mnist_fixture(tmp_path / "data", "course", n_per_digit=2)
     first = data.load_mnist(tmp_path / "data", tmp_path / "cache", download=False)
     assert len(list((tmp_path / "cache").glob("mnist_*.pt"))) == 1
     monkeypatch.setattr("utils.data.mnist.decode_images", lambda *a, **k: pytest.fail("decoded twice"))
@@ -50,7 +50,7 @@ def local_mirror(tmp_path):
     import http.server
     import threading
 
-    folder = data.write_mnist_fixture(tmp_path / "mirror", "idx_gz", n_per_digit=2)
+    folder = fixtures.write_mnist_fixture(tmp_path / "mirror", "idx_gz", n_per_digit=2)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
     handler.log_message = lambda *args: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -86,7 +86,7 @@ def test_an_interrupted_download_is_completed_not_taken_for_mnist(tmp_path, monk
 
 
 def test_a_partial_copy_without_internet_names_the_missing_files(tmp_path):
-    raw = data.write_mnist_fixture(tmp_path / "data", "torchvision", n_per_digit=1)
+    raw = fixtures.write_mnist_fixture(tmp_path / "data", "torchvision", n_per_digit=1)
     for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         (raw / name).unlink()
         (raw / f"{name}.gz").unlink()
@@ -95,7 +95,7 @@ def test_a_partial_copy_without_internet_names_the_missing_files(tmp_path):
 
 
 def test_a_damaged_gzip_is_reported_and_leaves_no_half_unpacked_file(tmp_path):
-    raw = data.write_mnist_fixture(tmp_path / "data", "torchvision", n_per_digit=1)
+    raw = fixtures.write_mnist_fixture(tmp_path / "data", "torchvision", n_per_digit=1)
     (raw / "train-images-idx3-ubyte").unlink()
     gz = raw / "train-images-idx3-ubyte.gz"
     gz.write_bytes(gz.read_bytes()[:60])
@@ -151,7 +151,7 @@ def test_images_deeper_than_two_folders_are_not_searched(tmp_path):
 
 
 def test_digit_folders_with_missing_digits_are_named(tmp_path):
-    root = data.write_mnist_fixture(tmp_path / "data", "course", n_per_digit=1)
+    root = fixtures.write_mnist_fixture(tmp_path / "data", "course", n_per_digit=1)
     for d in ("3", "7"):
         for f in (root / d).iterdir():
             f.unlink()
@@ -168,14 +168,14 @@ def test_empty_digit_folders_are_reported(tmp_path):
 
 
 def test_unreadable_image_is_reported_by_name(tmp_path):
-    root = data.write_mnist_fixture(tmp_path / "data", "course", n_per_digit=2)
+    root = fixtures.write_mnist_fixture(tmp_path / "data", "course", n_per_digit=2)
     (root / "4" / "1.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(data.DatasetError, match=r"4/1\.jpg"):
         data.load_mnist(tmp_path / "data", tmp_path / "cache", download=False)
 
 
 def test_images_of_other_sizes_are_resized(tmp_path):
-    root = data.write_mnist_fixture(tmp_path / "data", "folder", n_per_digit=1)
+    root = fixtures.write_mnist_fixture(tmp_path / "data", "folder", n_per_digit=1)
     Image.new("RGB", (56, 40), "white").save(root / "5" / "big.jpg")
     ds = data.load_mnist(tmp_path / "data", tmp_path / "cache", download=False)
     assert ds.images.shape == (11, 1, 28, 28)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from utils import config, diffusion, evaluate, models, widgets
+from utils import config, diffusion, fixtures, iclevr_accuracy, models, widgets
 from utils.data import iclevr
 
 OBJECTS = iclevr.load_objects(iclevr.BUNDLED_LABELS / "objects.json")
@@ -23,8 +23,8 @@ def iclevr_setup(tmp_path_factory):
     cfg = config.make_config("iclevr", "smoke", workdir=str(tmp_path_factory.mktemp("iclevr")))
     torch.manual_seed(0)
     model = models.build_model(cfg)
-    checkpoint = evaluate.write_evaluator_fixture(tmp_path_factory.mktemp("evaluator") / "checkpoint.pth")
-    return model, diffusion.schedule_from_config(cfg), evaluate.load_evaluator(checkpoint)
+    checkpoint = fixtures.write_evaluator_fixture(tmp_path_factory.mktemp("evaluator") / "checkpoint.pth")
+    return model, diffusion.schedule_from_config(cfg), iclevr_accuracy.load_evaluator(checkpoint)
 
 
 def test_trajectory_runs_from_noise_to_the_finished_image(tiny_model, schedule):

@@ -108,7 +108,7 @@ def check_notebook_parameters(history: list[str] | None = None) -> None:
     if unknown:
         raise ValueError(f"Unknown notebook parameter(s) {unknown}: this notebook's parameters are "
                          f"{sorted(known)}. Other settings: edit the config cell (config.make_config(..., "
-                         "field=value)), or use `python -m utils.train`, where every config field is an option.")
+                         "field=value)), or use `python -m utils.cli`, where every config field is an option.")
 
 
 def seed_everything(seed: int) -> None:
@@ -363,6 +363,8 @@ class ICLEVRConfig(DDPMConfig):
     sweep_sampler: str = "ddim"            # fast sampler for the sweep (8 scales × 64 images)
     sweep_steps: int = 50                  # its steps
     confirm_top: int = 2                   # the best w of the sweep sampled again with the hand-in sampler
+    choose_guidance: bool = True           # with the evaluator, hand in at the best of those and guidance_scale
+                                           # (notebook 03: leave its guidance_scale parameter at None); False: guidance_scale
     denoising_frames: int = 10             # images in the denoising-process row (≥ 8)
 
     TRAINING: ClassVar[tuple[str, ...]] = (*TRAINING_FIELDS, "cond_drop_prob")

@@ -172,7 +172,7 @@ def ddpm_step(eps: torch.Tensor, t: int, xt: torch.Tensor, schedule: NoiseSchedu
     return mean + variance.clamp(min=1e-20).sqrt() * z
 
 
-def make_scheduler(sampler: str, schedule: NoiseSchedule, *, clip_sample: bool = True):
+def make_diffusers_scheduler(sampler: str, schedule: NoiseSchedule, *, clip_sample: bool = True):
     """A diffusers scheduler with exactly these betas: "ddpm", "ddim" (Song et al. 2021, η = 0)
     or "dpm" (DPM-Solver++ 2M, Lu et al. 2022). Built fresh each time, never pickled."""
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
@@ -278,7 +278,7 @@ def sample(model, schedule: NoiseSchedule, num_images: int, image_shape: tuple[i
             raise ValueError(f"num_inference_steps={steps} for {sampler!r}: the model was trained with T = "
                              f"{schedule.num_train_timesteps} steps, so a fast sampler can take at most {schedule.num_train_timesteps} "
                              "(the smoke preset has a small T; use min(steps, T)).")
-        scheduler = make_scheduler(sampler, schedule, clip_sample=clip_sample)
+        scheduler = make_diffusers_scheduler(sampler, schedule, clip_sample=clip_sample)
         scheduler.set_timesteps(steps, device=device)
         timesteps = [int(t) for t in scheduler.timesteps]
         step = lambda eps, t, x: scheduler.step(eps, t, x, generator=generator).prev_sample

@@ -420,7 +420,6 @@ def _train(model: nn.Module, loss_fn: Callable, loader, cfg, on_log, accelerator
     main = accelerator.is_main_process
     steps_per_epoch = len(loader)
     total_steps = cfg.max_steps or cfg.num_epochs * steps_per_epoch
-    ckpt_file = checkpoint_path(cfg.checkpoint_dir)
 
     model = model.to(accelerator.device)
     if getattr(cfg, "channels_last", False):  # NHWC: faster convolutions on tensor-core GPUs
@@ -432,43 +431,7 @@ def _train(model: nn.Module, loss_fn: Callable, loader, cfg, on_log, accelerator
     lr_scheduler = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps,
                                  num_training_steps=total_steps)
     ema = EMAModel(model.parameters(), decay=cfg.ema_decay, foreach=True)
-    history: list[float] = []
-    step = 0
-
-    if main:
-        for leftover in leftover_temp_files(ckpt_file):   # saves a killed run never finished (this run holds the lock)
-            leftover.unlink(missing_ok=True)
-    previous = previous_path(ckpt_file)
-    has_checkpoint = ckpt_file.exists() or previous.exists()
-    if has_checkpoint and cfg.resume:
-        ckpt = load_checkpoint(ckpt_file, cfg)
-        changed = check_same_training(ckpt["config"], cfg, ckpt_file, finished=ckpt["step"] >= total_steps)
-        load_weights(model, ckpt["model"], ckpt_file)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
-        _set_peak_learning_rate(lr_scheduler, cfg.learning_rate)   # the saved state holds the old one
-        ema.load_state_dict(ckpt["ema"])
-        ema.decay = cfg.ema_decay
-        ema.to(accelerator.device)
-        history = ckpt["loss_history"].tolist()
-        step = ckpt["step"]
-        _resume_rng(ckpt, accelerator, cfg.seed)
-        if accelerator.scaler is not None and ckpt.get("scaler"):
-            accelerator.scaler.load_state_dict(ckpt["scaler"])
-        accelerator.wait_for_everyone()            # every process has read it before the files move
-        if main and ckpt.get("loaded_from"):       # last.pt damaged or missing: the one before becomes last.pt
-            if ckpt_file.exists():
-                ckpt_file.rename(ckpt_file.with_name(f"last.damaged-{time.strftime('%Y%m%d-%H%M%S')}.pt"))
-            os.replace(previous, ckpt_file)
-        if main:
-            print(f"Resuming from {ckpt_file}: step {step} of {total_steps}, {len(history)} losses kept.")
-            if changed:
-                print(f"From step {step} on with your changed settings: " + "; ".join(changed) + ".")
-    elif has_checkpoint and main:
-        stamp = time.strftime('%Y%m%d-%H%M%S')
-        kept = [f.rename(f.with_name(f"replaced_{stamp}{f.name[len('last'):]}")) for f in (ckpt_file, previous)
-                if f.exists()]
-        print(f"resume=False: starting over; the earlier checkpoints are kept as {', '.join(map(str, kept))}.")
+    history, step = _resume(model, optimizer, lr_scheduler, ema, cfg, accelerator, total_steps)
     if step == 0 and accelerator.num_processes > 1:
         _seed_rank(cfg.seed, accelerator)
     accelerator.wait_for_everyone()
@@ -477,64 +440,13 @@ def _train(model: nn.Module, loss_fn: Callable, loader, cfg, on_log, accelerator
     raw_model = accelerator.unwrap_model(model)
     # compiled for the training forward only: checkpoints and the EMA twin use the plain module
     forward_model = torch.compile(model) if getattr(cfg, "torch_compile", False) else model
-    ema_twin = None
-
-    def ema_model() -> nn.Module:
-        nonlocal ema_twin
-        if ema_twin is None:  # without the training autocast: samplers choose their own precision
-            ema_twin = accelerator.unwrap_model(copy.deepcopy(raw_model), keep_fp32_wrapper=False)
-            ema_twin.eval().requires_grad_(False)
-        ema.copy_to(ema_twin.parameters())
-        return ema_twin
-
-    saved_step = step if step else None    # the step of the last good checkpoint on disk, None for none
-    advice = (f"Lower learning_rate (now {cfg.learning_rate}) or grad_clip, or set mixed_precision='no', "
-              "then run again.")
-
-    def last_good() -> str:
-        if saved_step is None:
-            return "No checkpoint of this run was written, so running the cell again starts from scratch."
-        again = ("running the cell again resumes from it; resume=False starts over" if cfg.resume else
-                 "set resume=True to continue from it (with resume=False a rerun starts over)")
-        return f"The last good checkpoint is {ckpt_file} (step {saved_step}), untouched: {again}."
-
-    def save():
-        from accelerate.utils import gather_object
-
-        nonlocal saved_step
-        finite = torch.stack([p.detach().isfinite().all() for p in raw_model.parameters()]).all()
-        if not bool(finite):   # one sync per checkpoint: bad weights never overwrite good ones
-            bar.close()
-            raise FloatingPointError(
-                f"The weights became NaN or infinite by step {step} (the losses read so far were finite); nothing "
-                f"was saved. {last_good()} {advice}")
-        accelerator.wait_for_everyone()
-        rng_ranks = gather_object([_rng_state()])  # every process's RNG state, in rank order
-        failure = None
-        if main:
-            try:
-                atomic_save({
-                    "format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "step": step,
-                    "model": raw_model.state_dict(), "ema": ema.state_dict(),
-                    "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
-                    "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-                    "loss_history": torch.tensor(history, dtype=torch.float64), "rng": rng_ranks[0],
-                    "rng_ranks": rng_ranks,
-                }, ckpt_file, keep_previous=True, verify=True)
-            except OSError as err:
-                failure = CheckpointError(
-                    f"Could not write the checkpoint {ckpt_file} at step {step} ({err.strerror or err}). {last_good()} "
-                    "Free space (or quota on Drive) or choose another checkpoint_dir, then run again.")
-                failure.__cause__ = err
-        if failure is not None:
-            bar.close()
-        _stop_everywhere(failure, accelerator, f"could not write {ckpt_file}")
-        saved_step = step
+    ema_model = _EMATwin(raw_model, ema, accelerator)
+    checkpoints = _Checkpoints(cfg, accelerator, raw_model, ema, optimizer, lr_scheduler, history, saved_step=step)
 
     def finished(reason: str) -> TrainResult:
         """The result, its networks without Accelerate's training autocast (sampling picks its precision)."""
         plain = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-        return TrainResult(plain, ema_model(), history, step, reason, ckpt_file)
+        return TrainResult(plain, ema_model(), history, step, reason, checkpoints.file)
 
     if step >= total_steps:
         if main:
@@ -542,33 +454,13 @@ def _train(model: nn.Module, loss_fn: Callable, loader, cfg, on_log, accelerator
                   f"to train. Raise max_steps/num_epochs to train it longer. {NEW_RUN_ADVICE}")
         return finished("already done")
 
-    pending: list[torch.Tensor] = []
     start_time = time.monotonic()
     budget = cfg.time_budget_minutes * 60 if cfg.time_budget_minutes else math.inf
-    stop_reason = "done"
     bar = tqdm(total=total_steps, initial=step, desc="training", disable=not (main and progress),
                unit="it", dynamic_ncols=True)
-
-    def read_losses(final=False):
-        """Move the pending losses to the host (one sync), check them, report progress."""
-        nonlocal pending
-        if not pending:
-            return
-        losses = accelerator.gather(torch.stack(pending).float()).view(accelerator.num_processes, -1).mean(0)
-        values = losses.tolist()
-        first = step - len(values) + 1
-        bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
-        if bad is not None:
-            bar.close()
-            raise FloatingPointError(
-                f"The loss became {values[bad]} at step {first + bad}; training stopped. {last_good()} {advice}")
-        history.extend(values)
-        pending = []
-        bar.update(len(values))
-        bar.set_postfix(loss=f"{sum(values) / len(values):.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.1e}")
-        if on_log is not None and main:
-            on_log(Progress(step, total_steps, history, time.monotonic() - start_time, ema_model, final))
-
+    losses = _LossReadout(history, bar, lr_scheduler, checkpoints, accelerator, on_log, ema_model, total_steps,
+                          start_time)
+    stop_reason = "done"
     model.train()
     while step < total_steps:
         epoch, start = divmod(step, steps_per_epoch)
@@ -581,16 +473,17 @@ def _train(model: nn.Module, loss_fn: Callable, loader, cfg, on_log, accelerator
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             ema.step(raw_model.parameters())
-            pending.append(loss.detach())
+            losses.add(loss)
             step += 1
             out_of_time = time.monotonic() - start_time > budget
             if accelerator.num_processes > 1:  # all processes stop at one step: the main one decides at read-outs
                 out_of_time = budget < math.inf and step % cfg.log_every == 0 and _main_decides(out_of_time, accelerator)
-            if step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == total_steps or out_of_time:
-                read_losses(final=step == total_steps or out_of_time)
-            if step % cfg.checkpoint_every == 0 or step == total_steps or out_of_time:
-                save()
-            if step == total_steps or out_of_time:
+            last = step == total_steps or out_of_time
+            if step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or last:
+                losses.read(step, final=last)
+            if step % cfg.checkpoint_every == 0 or last:
+                checkpoints.save(step, bar)
+            if last:
                 break
         if out_of_time:
             stop_reason = "time budget"
@@ -600,3 +493,170 @@ def _train(model: nn.Module, loss_fn: Callable, loader, cfg, on_log, accelerator
             break
     bar.close()
     return finished(stop_reason)
+
+
+def _resume(model: nn.Module, optimizer, lr_scheduler, ema, cfg, accelerator,
+            total_steps: int) -> tuple[list[float], int]:
+    """Start from ``cfg.checkpoint_dir``: with ``cfg.resume`` the saved state goes back into the model,
+    optimizer, schedule and EMA; without it the earlier checkpoints are set aside. Returns (loss history, step)."""
+    ckpt_file = checkpoint_path(cfg.checkpoint_dir)
+    if accelerator.is_main_process:
+        for leftover in leftover_temp_files(ckpt_file):   # saves a killed run never finished (this run holds the lock)
+            leftover.unlink(missing_ok=True)
+    has_checkpoint = ckpt_file.exists() or previous_path(ckpt_file).exists()
+    if has_checkpoint and cfg.resume:
+        return _restore(ckpt_file, model, optimizer, lr_scheduler, ema, cfg, accelerator, total_steps)
+    if has_checkpoint and accelerator.is_main_process:
+        _set_aside(ckpt_file)
+    return [], 0
+
+
+def _restore(ckpt_file: Path, model: nn.Module, optimizer, lr_scheduler, ema, cfg, accelerator,
+             total_steps: int) -> tuple[list[float], int]:
+    """Load ``ckpt_file`` (checked against ``cfg``) into the training state; return (loss history, step)."""
+    main = accelerator.is_main_process
+    ckpt = load_checkpoint(ckpt_file, cfg)
+    changed = check_same_training(ckpt["config"], cfg, ckpt_file, finished=ckpt["step"] >= total_steps)
+    load_weights(model, ckpt["model"], ckpt_file)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+    _set_peak_learning_rate(lr_scheduler, cfg.learning_rate)   # the saved state holds the old one
+    ema.load_state_dict(ckpt["ema"])
+    ema.decay = cfg.ema_decay
+    ema.to(accelerator.device)
+    history = ckpt["loss_history"].tolist()
+    step = ckpt["step"]
+    _resume_rng(ckpt, accelerator, cfg.seed)
+    if accelerator.scaler is not None and ckpt.get("scaler"):
+        accelerator.scaler.load_state_dict(ckpt["scaler"])
+    accelerator.wait_for_everyone()            # every process has read it before the files move
+    if main and ckpt.get("loaded_from"):       # last.pt damaged or missing: the one before becomes last.pt
+        if ckpt_file.exists():
+            ckpt_file.rename(ckpt_file.with_name(f"last.damaged-{time.strftime('%Y%m%d-%H%M%S')}.pt"))
+        os.replace(previous_path(ckpt_file), ckpt_file)
+    if main:
+        print(f"Resuming from {ckpt_file}: step {step} of {total_steps}, {len(history)} losses kept.")
+        if changed:
+            print(f"From step {step} on with your changed settings: " + "; ".join(changed) + ".")
+    return history, step
+
+
+def _set_aside(ckpt_file: Path) -> None:
+    """resume=False: rename ``last.pt`` and ``last.previous.pt`` to ``replaced_<time>…`` so a new run starts."""
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    kept = [f.rename(f.with_name(f"replaced_{stamp}{f.name[len('last'):]}"))
+            for f in (ckpt_file, previous_path(ckpt_file)) if f.exists()]
+    print(f"resume=False: starting over; the earlier checkpoints are kept as {', '.join(map(str, kept))}.")
+
+
+class _EMATwin:
+    """Call it for the current EMA network: one copy of the model, made on first use, refreshed each call,
+    without the training autocast (samplers choose their own precision)."""
+
+    def __init__(self, raw_model: nn.Module, ema, accelerator):
+        self.raw_model, self.ema, self.accelerator = raw_model, ema, accelerator
+        self.twin = None
+
+    def __call__(self) -> nn.Module:
+        if self.twin is None:
+            self.twin = self.accelerator.unwrap_model(copy.deepcopy(self.raw_model), keep_fp32_wrapper=False)
+            self.twin.eval().requires_grad_(False)
+        self.ema.copy_to(self.twin.parameters())
+        return self.twin
+
+
+class _Checkpoints:
+    """The run's ``last.pt``: saves the whole training state (finite weights only) and says which one is
+    the last good checkpoint when training has to stop."""
+
+    def __init__(self, cfg, accelerator, raw_model: nn.Module, ema, optimizer, lr_scheduler, history: list[float],
+                 saved_step: int):
+        self.cfg, self.accelerator = cfg, accelerator
+        self.raw_model, self.ema, self.optimizer, self.lr_scheduler = raw_model, ema, optimizer, lr_scheduler
+        self.history = history                    # the loop's list, extended in place
+        self.file = checkpoint_path(cfg.checkpoint_dir)
+        self.saved_step = saved_step or None      # the step of the last good checkpoint on disk, None for none
+
+    def last_good(self) -> str:
+        if self.saved_step is None:
+            return "No checkpoint of this run was written, so running the cell again starts from scratch."
+        again = ("running the cell again resumes from it; resume=False starts over" if self.cfg.resume else
+                 "set resume=True to continue from it (with resume=False a rerun starts over)")
+        return f"The last good checkpoint is {self.file} (step {self.saved_step}), untouched: {again}."
+
+    def what_now(self) -> str:
+        """What to do after a NaN: the last good checkpoint, then gentler settings."""
+        return (f"{self.last_good()} Lower learning_rate (now {self.cfg.learning_rate}) or grad_clip, or set "
+                "mixed_precision='no', then run again.")
+
+    def save(self, step: int, bar) -> None:
+        """Write the state at ``step`` (main process), or stop every process if the weights are not finite or
+        the write fails; ``bar`` is closed before an error so its message stays readable."""
+        from accelerate.utils import gather_object
+
+        accelerator = self.accelerator
+        finite = torch.stack([p.detach().isfinite().all() for p in self.raw_model.parameters()]).all()
+        if not bool(finite):   # one sync per checkpoint: bad weights never overwrite good ones
+            bar.close()
+            raise FloatingPointError(
+                f"The weights became NaN or infinite by step {step} (the losses read so far were finite); nothing "
+                f"was saved. {self.what_now()}")
+        accelerator.wait_for_everyone()
+        rng_ranks = gather_object([_rng_state()])  # every process's RNG state, in rank order
+        failure = None
+        if accelerator.is_main_process:
+            try:
+                atomic_save({
+                    "format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "step": step,
+                    "model": self.raw_model.state_dict(), "ema": self.ema.state_dict(),
+                    "optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
+                    "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+                    "loss_history": torch.tensor(self.history, dtype=torch.float64), "rng": rng_ranks[0],
+                    "rng_ranks": rng_ranks,
+                }, self.file, keep_previous=True, verify=True)
+            except OSError as err:
+                failure = CheckpointError(
+                    f"Could not write the checkpoint {self.file} at step {step} ({err.strerror or err}). "
+                    f"{self.last_good()} Free space (or quota on Drive) or choose another checkpoint_dir, then run "
+                    "again.")
+                failure.__cause__ = err
+        if failure is not None:
+            bar.close()
+        _stop_everywhere(failure, accelerator, f"could not write {self.file}")
+        self.saved_step = step
+
+
+class _LossReadout:
+    """The losses of the steps since the last read-out: kept on the device, then moved to the host in one
+    sync, checked for NaN, added to the history, shown on the progress bar and handed to ``on_log``."""
+
+    def __init__(self, history: list[float], bar, lr_scheduler, checkpoints: _Checkpoints, accelerator, on_log,
+                 ema_model: Callable[[], nn.Module], total_steps: int, start_time: float):
+        self.history, self.bar, self.lr_scheduler, self.checkpoints = history, bar, lr_scheduler, checkpoints
+        self.accelerator, self.on_log, self.ema_model, self.total_steps = accelerator, on_log, ema_model, total_steps
+        self.start_time = start_time              # time.monotonic() when this call started training
+        self.pending: list[torch.Tensor] = []
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.pending.append(loss.detach())
+
+    def read(self, step: int, final: bool = False) -> None:
+        if not self.pending:
+            return
+        accelerator = self.accelerator
+        losses = accelerator.gather(torch.stack(self.pending).float()).view(accelerator.num_processes, -1).mean(0)
+        values = losses.tolist()
+        first = step - len(values) + 1
+        bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+        if bad is not None:
+            self.bar.close()
+            raise FloatingPointError(
+                f"The loss became {values[bad]} at step {first + bad}; training stopped. "
+                f"{self.checkpoints.what_now()}")
+        self.history.extend(values)
+        self.pending = []
+        self.bar.update(len(values))
+        self.bar.set_postfix(loss=f"{sum(values) / len(values):.4f}", lr=f"{self.lr_scheduler.get_last_lr()[0]:.1e}")
+        if self.on_log is not None and accelerator.is_main_process:
+            self.on_log(Progress(step, self.total_steps, self.history, time.monotonic() - self.start_time,
+                                 self.ema_model, final))

@@ -16,7 +16,7 @@ from PIL import Image
 from . import diffusion, viz
 from .data import encode_labels
 from .devices import model_device
-from .evaluate import as_saved
+from .iclevr_accuracy import as_saved
 
 DISPLAY_PX = 256   # shown images are enlarged to about this many pixels (nearest neighbour)
 MAX_OBJECTS = 3    # iCLEVR scenes hold 1 to 3 objects

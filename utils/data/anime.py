@@ -1,5 +1,5 @@
-"""Anime Faces in the layouts students have (see data_links.md, section Anime Faces), download
-helpers for Colab, and smoke fixtures in the real layouts.
+"""Anime Faces in the layouts students have (see data_links.md, section Anime Faces) and download
+helpers for Colab.
 
 The set is Chao's ≈ 21k anime faces (64×64 PNG, some RGBA). Copies in the wild, relative to the
 folder you point ``data_dir`` at:
@@ -17,13 +17,10 @@ is the duplicate copy and is skipped, so each face is counted once.
 from __future__ import annotations
 
 import importlib
-import random
-import shutil
 import zipfile
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
 
 from ..io import safe_load
 from .common import DatasetError, ImageSet, cache_path, decode_images, list_images, load_or_build_cache
@@ -227,49 +224,3 @@ def download_anime(dest: str | Path, source: str = "kaggle", *, gdown_id: str = 
         raise DatasetError(f"Downloading Anime Faces with {source} failed: {type(err).__name__}: {err}\n"
                            f"Check the internet connection. {ADVICE[source]} Or try download={others}. "
                            f"{HELP}") from err
-
-
-# ----------------------------------------------------------------------------- fixtures
-def _draw_face(rng: random.Random, size: int) -> Image.Image:
-    """A cartoon face in color: background, hair, skin, two eyes, a mouth. (size × size, RGB)."""
-    def color(lo=0, hi=255):
-        return tuple(rng.randint(lo, hi) for _ in range(3))
-
-    s = size / 64
-    image = Image.new("RGB", (size, size), color(150, 255))
-    draw = ImageDraw.Draw(image)
-    hair, iris = color(0, 200), color(0, 200)
-    draw.ellipse([6 * s, 2 * s, 58 * s, 62 * s], fill=hair)
-    draw.ellipse([14 * s, 14 * s, 50 * s, 58 * s], fill=(250, 220, 200))
-    for x in (20, 36):
-        draw.ellipse([x * s, 28 * s, (x + 8) * s, 40 * s], fill=(255, 255, 255))
-        draw.ellipse([(x + 1) * s, 30 * s, (x + 7) * s, 40 * s], fill=iris)
-    draw.line([28 * s, 49 * s, 36 * s, 49 * s], fill=(200, 60, 60), width=max(1, round(s)))
-    draw.rectangle([6 * s, 2 * s, 58 * s, 18 * s], fill=hair)  # fringe
-    return image
-
-
-def write_anime_fixture(data_dir: str | Path, layout: str = "course", n: int = 32, *, seed: int = 0) -> Path:
-    """Write ``n`` small cartoon faces into ``data_dir`` in one of the real layouts; return the image folder.
-
-    ``layout``: "course" (``anime_face_dataset/data/<i>.png``), "kaggle" (``data/<i>.png`` plus the
-    duplicate ``data/data/``), "huggingface" (``images/<i>.png`` plus ``images/data/``) or "folder".
-    Like the real sets it holds an RGBA PNG (``1.png``) and, unlike them, one image that is not
-    64×64 (``2.png``, 80×80) so the resize path is exercised. Files are numbered from 1.
-    """
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout={layout!r}: use one of {sorted(LAYOUTS)}.")
-    if n < 3:
-        raise ValueError(f"n={n}: the fixture needs at least 3 images (an RGBA one and an 80×80 one).")
-    root = Path(data_dir) / LAYOUTS[layout]
-    root.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
-    for i in range(1, n + 1):
-        face = _draw_face(rng, 80 if i == 2 else 64)
-        (face.convert("RGBA") if i == 1 else face).save(root / f"{i}.png")
-    if layout in ("kaggle", "huggingface"):
-        nested = root / "data"
-        nested.mkdir(exist_ok=True)
-        for path in list_images(root):
-            shutil.copy2(path, nested / path.name)
-    return root

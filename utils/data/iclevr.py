@@ -1,5 +1,4 @@
-"""iCLEVR in the layouts students have (see data_links.md, section iCLEVR), its multi-hot labels,
-and a smoke fixture in the real layout.
+"""iCLEVR in the layouts students have (see data_links.md, section iCLEVR) and its multi-hot labels.
 
 The course ships ``iclevr/CLEVR_train_{scene:06d}_{k}.png`` (320×240 RGBA) and four label files:
 ``train.json`` (file name → object names), ``objects.json`` (24 names → index 0…23),
@@ -10,13 +9,10 @@ vector y ∈ {0, 1}^24 with y[objects[name]] = 1 for every object in the image.
 from __future__ import annotations
 
 import json
-import random
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
 
 from .common import DatasetError, ImageSet, cache_path, decode_images, load_or_build_cache
 
@@ -26,7 +22,7 @@ COURSE_LISTS = 32                   # label lists in test.json and in new_test.j
 MIN_OBJECTS, MAX_OBJECTS = 1, 3     # objects per label list in the course's files
 HELP = "Get iCLEVR as data_links.md (section iCLEVR) describes, or set data_dir to the folder that holds it."
 
-# Colors of the CLEVR renderer (RGB), used by the fixture and the learnability benchmark.
+# Colors of the CLEVR renderer (RGB), also used by the fixtures' flat-shape scenes (utils.fixtures).
 COLORS = {
     "gray": (87, 87, 87), "red": (173, 35, 35), "blue": (42, 75, 215), "green": (29, 105, 20),
     "brown": (129, 74, 25), "purple": (129, 38, 192), "cyan": (41, 208, 208), "yellow": (255, 238, 51),
@@ -193,57 +189,6 @@ def load_iclevr(data_dir: str | Path, cache_dir: str | Path, *, image_size: int 
     return ImageSet(cached["images"], labels, f"iCLEVR in {files.image_dir or files.label_dir} ({cache.name})")
 
 
-# ----------------------------------------------------------------------------- drawing
 def object_names() -> list[str]:
     """The 24 names in the course's objects.json order (shape-major: 8 cubes, 8 spheres, 8 cylinders)."""
     return [f"{color} {shape}" for shape in SHAPES for color in COLORS]
-
-
-def draw_scene(names: list[str], rng: random.Random, *, width: int = 320, height: int = 240,
-               background: tuple[int, int, int] = (128, 128, 128)) -> Image.Image:
-    """An RGBA picture of colored flat shapes, one per name ("red cube" → red square; spheres are
-    discs, cylinders tall rounded bars), at random non-overlapping places."""
-    image = Image.new("RGBA", (width, height), (*background, 255))
-    draw = ImageDraw.Draw(image)
-    size = min(width, height) // 4                                   # object side
-    spots = [(x, y) for x in range(0, width - size + 1, size) for y in range(0, height - size + 1, size)]
-    for name, (x, y) in zip(names, rng.sample(spots, len(names))):
-        color, shape = name.split(" ")
-        fill = (*COLORS[color], 255)
-        if shape == "cube":
-            draw.rectangle([x + 1, y + 1, x + size - 2, y + size - 2], fill=fill)
-        elif shape == "sphere":
-            draw.ellipse([x, y, x + size - 1, y + size - 1], fill=fill)
-        else:
-            draw.rounded_rectangle([x + size // 4, y, x + size - size // 4 - 1, y + size - 1],
-                                   radius=size // 6, fill=fill)
-    return image
-
-
-def random_label_lists(n: int, rng: random.Random) -> list[list[str]]:
-    """``n`` lists of 1–3 distinct object names, drawn uniformly."""
-    names = object_names()
-    return [rng.sample(names, rng.randint(MIN_OBJECTS, MAX_OBJECTS)) for _ in range(n)]
-
-
-def write_iclevr_fixture(root: str | Path, n_scenes: int = 8, *, seed: int = 0) -> Path:
-    """Write a small iCLEVR copy in the course layout into ``root`` and return ``root``.
-
-    ``root/iclevr/CLEVR_train_{scene:06d}_{k}.png`` (320×240 RGBA): as in the real set, scene
-    images k = 0, 1, 2 add one object each. ``root/train.json`` lists them; objects.json,
-    test.json and new_test.json are copies of the course's real files.
-    """
-    root = Path(root)
-    (root / "iclevr").mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
-    train = {}
-    for scene in range(n_scenes):
-        names = rng.sample(object_names(), 3)
-        for k in range(3):
-            file = f"CLEVR_train_{scene:06d}_{k}.png"
-            draw_scene(names[:k + 1], random.Random(f"{seed}-{scene}")).save(root / "iclevr" / file)
-            train[file] = names[:k + 1]
-    (root / "train.json").write_text(json.dumps(train))
-    for name in LABEL_FILES:
-        shutil.copyfile(BUNDLED_LABELS / name, root / name)
-    return root

@@ -1,5 +1,5 @@
 """MNIST in every layout students have (see data_links.md, section MNIST), torchvision's download,
-an offline sample of real digits, and fixtures written in the real layouts.
+and an offline sample of real digits.
 
 Layouts, relative to ``data_dir``, checked in this order:
 
@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import gzip
 import shutil
-import struct
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .common import DatasetError, ImageSet, cache_path, decode_images, list_images, load_or_build_cache
 
@@ -189,45 +187,3 @@ def load_mnist(data_dir: str | Path, cache_dir: str | Path, *, download: bool = 
              [str(data_dir / rel / "{0..9}") for rel in DIGIT_LAYOUTS.values()]
     raise DatasetError(f"{problem}. Looked for: {'; '.join(looked)}.{stray} Download it (download=True, needs "
                        f"the internet), or set allow_offline_sample=True to train on 5,000 real digits. {HELP}")
-
-
-# ----------------------------------------------------------------------------- fixtures
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    """One gzipped IDX file, the format of the original MNIST distribution."""
-    kind = 0x08  # unsigned byte
-    header = struct.pack(">HBB", 0, kind, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
-def write_mnist_fixture(data_dir: str | Path, layout: str = "course", n_per_digit: int = 10) -> Path:
-    """Write ``n_per_digit`` real digits per class (from ``offline_sample``) into ``data_dir`` in
-    one of the real layouts and return the folder a loader (or a download mirror) reads.
-
-    ``layout``: "course", "teavanist" or "folder" (RGB JPGs in digit folders, named 0.jpg, 1.jpg, …),
-    "torchvision" (``MNIST/raw/*-ubyte`` files) or "idx_gz" (the four gzipped IDX files, flat, as
-    a download mirror serves them).
-    """
-    sample = offline_sample()
-    picks = torch.cat([torch.nonzero(sample.labels == d).flatten()[:n_per_digit] for d in range(10)])
-    images, labels = sample.images[picks, 0].numpy(), sample.labels[picks].numpy()
-    data_dir = Path(data_dir)
-    if layout in DIGIT_LAYOUTS:
-        root = data_dir / DIGIT_LAYOUTS[layout]
-        for d in range(10):
-            (root / str(d)).mkdir(parents=True, exist_ok=True)
-            for k, pixels in enumerate(images[labels == d]):
-                Image.fromarray(pixels, "L").convert("RGB").save(root / str(d) / f"{k}.jpg", quality=95)
-        return root
-    if layout not in ("idx_gz", "torchvision"):
-        raise ValueError(f"layout={layout!r}: use one of {sorted([*DIGIT_LAYOUTS, 'idx_gz', 'torchvision'])}.")
-    folder = data_dir if layout == "idx_gz" else data_dir / "MNIST" / "raw"
-    folder.mkdir(parents=True, exist_ok=True)
-    for prefix in ("train", "t10k"):
-        _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
-        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
-    if layout == "torchvision":
-        for name in TORCHVISION_FILES:
-            with gzip.open(folder / f"{name}.gz", "rb") as src, open(folder / name, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-    return folder

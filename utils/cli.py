@@ -1,7 +1,7 @@
 """Train a notebook's config from the command line, on one GPU or many, with the notebooks' loop.
 
-    python -m utils.train --config mnist --preset cpu
-    accelerate launch --multi_gpu --num_processes 4 -m utils.train --config iclevr --num_epochs 100
+    python -m utils.cli --config mnist --preset cpu
+    accelerate launch --multi_gpu --num_processes 4 -m utils.cli --config iclevr --num_epochs 100
 
 Every config field is an option: ``--batch_size 64`` (per process), ``--max_steps 2000``,
 ``--block_out_channels 64,128,256,256``, ``--channels_last true``. It writes what the notebook
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from . import config, data, diffusion, evaluate, models, training, viz
+from . import compare, config, data, diffusion, fixtures, iclevr_accuracy, models, training, viz
 
 # What each notebook hands in, and its loss-plot title.
 HANDIN = {
@@ -56,7 +56,7 @@ def parse_config(argv: list[str] | None = None) -> config.DDPMConfig:
     first.add_argument("--preset", default=None, help='"full", "smoke" (tiny, for tests) or a notebook preset '
                                                       '("cpu" for mnist); default: smoke when DDPM_SMOKE=1, else full')
     known, _ = first.parse_known_args(argv)
-    parser = argparse.ArgumentParser(prog="python -m utils.train", description=__doc__, parents=[first],
+    parser = argparse.ArgumentParser(prog="python -m utils.cli", description=__doc__, parents=[first],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     cls = config.CONFIGS[known.config] if known.config else config.DDPMConfig
     hints = typing.get_type_hints(cls)
@@ -76,12 +76,12 @@ def load_data(cfg, accelerator) -> data.ImageSet:
     with accelerator.local_main_process_first():  # one process per machine writes fixtures and the cache
         if config.smoke_mode() and accelerator.is_local_main_process:
             if cfg.name == "mnist":
-                data.write_mnist_fixture(paths["data_dir"], "course", n_per_digit=20)
+                fixtures.write_mnist_fixture(paths["data_dir"], "course", n_per_digit=20)
             elif cfg.name == "anime":
-                data.write_anime_fixture(paths["data_dir"], "kaggle", n=48)
+                fixtures.write_anime_fixture(paths["data_dir"], "kaggle", n=48)
             else:
-                data.write_iclevr_fixture(paths["data_dir"], n_scenes=8)
-                evaluate.write_evaluator_fixture(paths["data_dir"] / evaluate.EVALUATOR_FILE)
+                fixtures.write_iclevr_fixture(paths["data_dir"], n_scenes=8)
+                fixtures.write_evaluator_fixture(paths["data_dir"] / iclevr_accuracy.EVALUATOR_FILE)
         if cfg.name == "mnist":
             return data.load_mnist(paths["data_dir"], paths["cache_dir"], allow_offline_sample=cfg.allow_offline_sample,
                                    image_size=cfg.image_size)
@@ -105,43 +105,60 @@ def write_unconditional(cfg, ema, schedule) -> list[Path]:
 def load_course_evaluator(cfg, device):
     """(path, evaluator) of the course's checkpoint.pth, or (None, None) when there is none; a wrong file
     raises ``EvaluatorError`` — called before training, so it is not found out after hours of it."""
-    path = evaluate.find_evaluator(cfg.evaluator_checkpoint, cfg.data_dir)
-    return path, (evaluate.load_evaluator(path, device) if path is not None else None)
+    path = iclevr_accuracy.find_evaluator(cfg.evaluator_checkpoint, cfg.data_dir)
+    return path, (iclevr_accuracy.load_evaluator(path, device) if path is not None else None)
 
 
 def write_iclevr(cfg, ema, schedule, evaluator_path, evaluator) -> list[Path]:
-    """Notebook 03's images: test/ and new_test/ (i.png for the i-th label list), their 8×4 grids,
-    the GIF, the denoising row and, when the evaluator is there, ``accuracy.json``."""
+    """Notebook 03's files: test/ and new_test/ (i.png for the i-th label list), their 8×4 grids, the GIF and
+    the denoising row; with the evaluator also the guidance sweep and ``accuracy.json``.
+
+    With the evaluator and ``cfg.choose_guidance``, w is chosen as notebook 03 chooses it: the fast sweep, then
+    its ``confirm_top`` best scales and ``guidance_scale`` with the hand-in sampler; the best is handed in.
+    """
     out = Path(cfg.output_dir)
     files = data.find_iclevr(cfg.data_dir)
     objects = data.load_objects(files.label_file("objects.json"))
     label_sets = {name: data.encode_labels(data.load_label_lists(files.label_file(f"{name}.json")), objects)
                   for name in ("test", "new_test")}
     shape = (cfg.channels, cfg.image_size, cfg.image_size)
-    common = dict(sampler=cfg.sampler, num_inference_steps=cfg.num_inference_steps,
-                  guidance_scale=cfg.guidance_scale, seed=cfg.seed, clip_sample=cfg.clip_sample,
-                  mixed_precision=cfg.mixed_precision)
-    written, samples = [], {}
-    for name, labels in label_sets.items():
-        samples[name] = diffusion.sample(ema, schedule, len(labels), shape, labels=labels,
-                                         num_frames=cfg.gif_frames, **common)
-        written += viz.save_numbered(samples[name].images, out / name)
-        viz.save_grid(samples[name].images, out / f"{name}_grid.png", nrow=8, expected=32)
+    common = dict(image_shape=shape, seed=cfg.seed, clip_sample=cfg.clip_sample, mixed_precision=cfg.mixed_precision)
+    written, sweep_rows, candidates = [], None, [cfg.guidance_scale]
+    if evaluator is not None:
+        sweep_rows = iclevr_accuracy.guidance_sweep(ema, schedule, evaluator, label_sets, cfg.sweep_scales,
+                                                    sampler=cfg.sweep_sampler, num_inference_steps=cfg.sweep_steps, **common)
+        plt.close(iclevr_accuracy.save_sweep(sweep_rows, out / "guidance_sweep.csv", out / "guidance_sweep.png"))
+        written += [out / "guidance_sweep.csv", out / "guidance_sweep.png"]
+        if cfg.choose_guidance:
+            candidates = iclevr_accuracy.candidate_scales(sweep_rows, cfg.confirm_top, also=cfg.guidance_scale)
+    runs = [iclevr_accuracy.sample_and_score(ema, schedule, evaluator, label_sets, w, sampler=cfg.sampler,
+                                             num_inference_steps=cfg.num_inference_steps, num_frames=cfg.gif_frames, **common)
+            for w in candidates]
+    hand_in = iclevr_accuracy.best_run(runs) if len(runs) > 1 else runs[0]
+    w = hand_in.guidance_scale
+    for name, result in hand_in.samples.items():
+        written += viz.save_numbered(result.images, out / name)
+        viz.save_grid(result.images, out / f"{name}_grid.png", nrow=8, expected=32)
         written.append(out / f"{name}_grid.png")
-    written.append(viz.save_gif(samples["test"].frames, out / HANDIN["iclevr"]["gif"], nrow=8))
-    process = diffusion.sample(ema, schedule, 1, shape, labels=data.encode_labels(DENOISE_NAMES, objects),
-                               num_frames=cfg.denoising_frames, **common)
+    written.append(viz.save_gif(hand_in.samples["test"].frames, out / HANDIN["iclevr"]["gif"], nrow=8))
+    process = diffusion.sample(ema, schedule, 1, shape, sampler=cfg.sampler, num_inference_steps=cfg.num_inference_steps,
+                               labels=data.encode_labels(DENOISE_NAMES, objects), guidance_scale=w, seed=cfg.seed,
+                               num_frames=cfg.denoising_frames, clip_sample=cfg.clip_sample,
+                               mixed_precision=cfg.mixed_precision)
     viz.denoising_strip(process.frames, out / "denoising_process.png")
     written.append(out / "denoising_process.png")
     if evaluator is None:
-        print(f"Accuracy skipped: no evaluator {evaluate.EVALUATOR_FILE} in {cfg.data_dir} (see data_links.md).")
+        print(f"Accuracy skipped: no evaluator {iclevr_accuracy.EVALUATOR_FILE} in {cfg.data_dir} (see data_links.md); "
+              f"handed in at w = {w}.")
         return written
-    scores = {name: evaluate.accuracy(evaluator, evaluate.as_saved(samples[name].images), labels)
-              for name, labels in label_sets.items()}
-    written.append(evaluate.save_accuracy(scores, out / "accuracy.json", guidance_scale=cfg.guidance_scale,
-                                          sampler=cfg.sampler, num_inference_steps=cfg.num_inference_steps,
-                                          seed=cfg.seed, evaluator=str(evaluator_path)))
-    for name, acc in scores.items():
+    why = "the best of these with the hand-in sampler" if len(runs) > 1 else "guidance_scale (choose_guidance off)"
+    written.append(iclevr_accuracy.save_accuracy(
+        hand_in.scores, out / "accuracy.json", guidance_scale=w, chosen_by=why, sampler=cfg.sampler,
+        num_inference_steps=compare.sampler_steps(cfg.sampler, cfg.num_inference_steps, cfg.num_train_timesteps),
+        seed=cfg.seed, evaluator=str(evaluator_path), hand_in_sampler_runs=[run.row() for run in runs],
+        sweep={"sampler": cfg.sweep_sampler, "steps": cfg.sweep_steps, "rows": sweep_rows}))
+    print(f"hand-in at w = {w} ({why}; tried {candidates})")
+    for name, acc in hand_in.scores.items():
         print(f"{name:9s} accuracy {acc.value:.4f}  ({acc.hits}/{acc.total} objects found)")
     return written
 
