@@ -4,7 +4,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test gpu-check benchmarks clean
+.PHONY: setup demo test student gpu-check benchmarks clean
 
 setup: $(VENV)/.installed
 
@@ -38,6 +38,10 @@ test: setup $(WIDGETS7)/.installed
 PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 gpu-check:
 	$(PYTHON) benchmarks/gpu_check.py
+
+# The student edition: notebooks/student/, each solution region replaced by a stub that says what to write.
+student: setup
+	$(BIN)/python scripts/student_edition.py
 
 benchmarks: setup
 	$(BIN)/python benchmarks/mnist_speed.py

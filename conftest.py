@@ -15,3 +15,8 @@ def pytest_configure(config):
     from utils import config as ddpm_config
 
     ddpm_config.pick_device()  # registers the stand-in in this process; notebook kernels inherit DDPM_DEVICE
+
+
+# The student edition stops at its first "not implemented yet" stub by design: tests/test_student_edition.py
+# runs it and checks exactly that, so nbval does not collect it.
+collect_ignore_glob = ["notebooks/student/*"]

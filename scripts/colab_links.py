@@ -47,14 +47,15 @@ def main():
     try:
         remote = args.remote or _git("remote", "get-url", "origin")
         branch = args.branch or _git("rev-parse", "--abbrev-ref", "HEAD")
-        notebooks = sorted(p.relative_to(ROOT) for p in (ROOT / "notebooks").glob("*.ipynb"))
+        notebooks = sorted(p.relative_to(ROOT) for pattern in ("*.ipynb", "student/*.ipynb")  # solutions, student edition
+                           for p in (ROOT / "notebooks").glob(pattern))
         links = colab_links(remote, branch, notebooks)
     except subprocess.CalledProcessError:
         raise SystemExit("This checkout has no git remote 'origin': pass --remote https://github.com/<owner>/<repo>.")
     except ValueError as err:
         raise SystemExit(str(err))
     for path, url in zip(notebooks, links):
-        print(f"{path.stem}: {url}")
+        print(f"{'student edition ' if path.parent.name == 'student' else ''}{path.stem}: {url}")
 
 
 if __name__ == "__main__":

@@ -72,6 +72,63 @@ def test_guided_noise_mixes_conditional_and_unconditional():
         torch.testing.assert_close(eps, torch.full_like(xt, w))
 
 
+class LabelSpy(torch.nn.Module):
+    """A conditional ε_θ that predicts 1 for a real label and 0 for the null label, and remembers the drop mask."""
+    def forward(self, xt, t, labels, drop_labels=None):
+        self.drop = drop_labels
+        kept = torch.ones(len(xt), dtype=torch.bool) if drop_labels is None else ~drop_labels
+        return kept.float().view(-1, 1, 1, 1).expand_as(xt)
+
+
+def test_default_drop_mask_hides_each_label_with_probability_p():
+    n, p = 20_000, 0.1
+    drop = diffusion.draw_drop_mask(n, p, "cpu")
+    assert drop.dtype == torch.bool and drop.shape == (n,)
+    assert abs(drop.float().mean().item() - p) < 5 * (p * (1 - p) / n) ** 0.5    # 5 binomial standard deviations
+    assert not diffusion.draw_drop_mask(n, 0.0, "cpu").any() and diffusion.draw_drop_mask(n, 1.0, "cpu").all()
+
+
+def test_the_loss_drops_the_labels_its_drop_fn_chooses():
+    schedule, x0, labels = diffusion.make_schedule(10), torch.zeros(6, 1, 2, 2), torch.ones(6, 4)
+    every_other = lambda batch_size, p, device: torch.arange(batch_size, device=device) % 2 == 0
+    spy = LabelSpy()
+    loss_fn = diffusion.make_loss_fn(schedule, conditional=True, cond_drop_prob=0.3, drop_fn=every_other)
+    loss_fn(spy, {"x0": x0, "labels": labels})
+    assert spy.drop.tolist() == [True, False] * 3
+    diffusion.diffusion_loss(spy, x0, schedule, labels, cond_drop_prob=0.0, drop_fn=every_other)
+    assert spy.drop is None                                   # p = 0: nothing is drawn, nothing dropped
+
+
+def test_a_drop_fn_that_returns_no_bool_mask_is_refused_with_what_it_returned():
+    schedule, x0, labels = diffusion.make_schedule(10), torch.zeros(6, 1, 2, 2), torch.ones(6, 4)
+    as_floats = lambda batch_size, p, device: torch.rand(batch_size, device=device)
+    with pytest.raises(ValueError, match=r"must return a \(6,\) bool tensor, got torch.float32 \(6,\)"):
+        diffusion.diffusion_loss(LabelSpy(), x0, schedule, labels, cond_drop_prob=0.1, drop_fn=as_floats)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_mix_guidance_is_the_cfg_formula_in_float32(dtype):
+    cond, uncond = torch.randn(2, 3, 4, 4).to(dtype), torch.randn(2, 3, 4, 4).to(dtype)
+    for w in (0.0, 1.0, 3.0):
+        mixed = diffusion.mix_guidance(cond, uncond, w)
+        assert mixed.dtype == torch.float32 and mixed.shape == cond.shape
+        expected = uncond.double() + w * (cond.double() - uncond.double())
+        torch.testing.assert_close(mixed.double(), expected, rtol=0, atol=1e-5)
+
+
+def test_guided_noise_and_sample_mix_with_the_given_guidance_mix():
+    calls = []
+    def mix(eps_cond, eps_uncond, w):
+        calls.append(w)
+        return eps_cond + 41                                   # 1 + 41: recognisably not the library's mix
+    xt, labels = torch.zeros(3, 1, 2, 2), torch.ones(3, 4)
+    torch.testing.assert_close(diffusion.guided_noise(LabelSpy(), xt, torch.tensor([5]), labels, 2.0, guidance_mix=mix),
+                               torch.full_like(xt, 42.0))
+    diffusion.sample(LabelSpy(), diffusion.make_schedule(10), 3, (1, 2, 2), labels=labels, guidance_scale=2.0,
+                     guidance_mix=mix, progress=False)
+    assert calls == [2.0] * 11                                 # once above, then once per step of T = 10
+
+
 @pytest.mark.parametrize("sampler,steps", [("ddpm", None), ("ddim", 5), ("dpm", 5)])
 def test_samplers_return_finite_images_in_range(tiny_model, tiny_cfg, sampler, steps):
     schedule = diffusion.schedule_from_config(tiny_cfg)

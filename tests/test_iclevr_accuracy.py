@@ -227,3 +227,20 @@ def test_sample_and_score_keeps_the_images_and_scores_both_sets_like_the_sweep(t
     assert run.row() == iclevr_accuracy.guidance_sweep(model, schedule, evaluator, sets, [2.0], **common)[0]
     assert iclevr_accuracy.sample_and_score(model, schedule, None, sets, 2.0, **common).scores == {}   # no evaluator
     assert iclevr_accuracy.seconds_per_sampling_step(model, sets["test"], (3, 16, 16), repeats=1) > 0
+
+
+def test_sample_and_score_and_the_sweep_sample_with_the_given_guidance_mix(tmp_path):
+    cfg = config.make_config("iclevr", "smoke", image_size=16, workdir=str(tmp_path))
+    torch.manual_seed(0)
+    model = models.build_model(cfg)
+    schedule = diffusion.schedule_from_config(cfg)
+    sets = {"test": real_labels("test.json")[:2]}
+    common = dict(image_shape=(3, 16, 16), sampler="ddim", num_inference_steps=2, progress=False)
+    unconditional = lambda eps_cond, eps_uncond, w: eps_uncond.float()    # whatever w, the w = 0 mix
+    mixed = iclevr_accuracy.sample_and_score(model, schedule, None, sets, 3.0, guidance_mix=unconditional, **common)
+    at_zero = iclevr_accuracy.sample_and_score(model, schedule, None, sets, 0.0, **common)
+    torch.testing.assert_close(mixed.samples["test"].images, at_zero.samples["test"].images)
+    seen = []
+    spy = lambda eps_cond, eps_uncond, w: seen.append(w) or diffusion.mix_guidance(eps_cond, eps_uncond, w)
+    iclevr_accuracy.guidance_sweep(model, schedule, None, sets, [3.0], guidance_mix=spy, **common)
+    assert seen == [3.0, 3.0]                                             # two DDIM steps at w = 3

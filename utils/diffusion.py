@@ -97,8 +97,13 @@ def predict_noise(model, xt: torch.Tensor, timesteps: torch.Tensor, labels=None,
     return out.sample if hasattr(out, "sample") else out
 
 
+def draw_drop_mask(batch_size: int, p: float, device) -> torch.Tensor:
+    """Which labels condition dropout hides: (batch_size,) bool on ``device``, each True with probability p."""
+    return torch.rand(batch_size, device=device) < p
+
+
 def diffusion_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, labels=None,
-                   cond_drop_prob: float = 0.0) -> torch.Tensor:
+                   cond_drop_prob: float = 0.0, drop_fn=draw_drop_mask) -> torch.Tensor:
     """Algorithm 1 (training), one step:
 
         t ~ Uniform{0 … T−1},  ε ~ N(0, I)
@@ -106,7 +111,8 @@ def diffusion_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, labels=None
 
     With ``labels`` each sample's condition is dropped with probability ``cond_drop_prob``
     (replaced by the learned null label), which trains the unconditional model that
-    classifier-free guidance needs (Ho & Salimans 2022).
+    classifier-free guidance needs (Ho & Salimans 2022). ``drop_fn(B, cond_drop_prob, device)`` draws
+    that (B,) bool mask (e.g. a hand-written one; default ``draw_drop_mask``).
     x0: (B, C, H, W) in [-1, 1]; labels: (B, K) or None; both are moved to the model's device.
     Returns a scalar.
     """
@@ -119,14 +125,19 @@ def diffusion_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, labels=None
     xt = q_sample(x0, timesteps, noise, schedule)
     drop = None
     if labels is not None and cond_drop_prob > 0:
-        drop = torch.rand(B, device=x0.device) < cond_drop_prob                         # (B,) bool
+        drop = drop_fn(B, cond_drop_prob, x0.device)                                    # (B,) bool
+        if not (torch.is_tensor(drop) and drop.dtype == torch.bool and drop.shape == (B,)):
+            raise ValueError(f"drop_fn({B}, {cond_drop_prob}, {x0.device}) must return a ({B},) bool tensor, got "
+                             + (f"{drop.dtype} {tuple(drop.shape)}" if torch.is_tensor(drop) else type(drop).__name__))
     eps = predict_noise(model, xt, timesteps, labels, drop)
     return F.mse_loss(eps.float(), noise.float())
 
 
-def make_loss_fn(schedule: NoiseSchedule, *, conditional: bool = False, cond_drop_prob: float = 0.0):
+def make_loss_fn(schedule: NoiseSchedule, *, conditional: bool = False, cond_drop_prob: float = 0.0,
+                 drop_fn=draw_drop_mask):
     """The ``loss_fn(model, batch)`` the training loop calls: Algorithm 1 on ``batch["x0"]``,
-    conditioned on ``batch["labels"]`` when ``conditional`` (MNIST's digit labels are ignored)."""
+    conditioned on ``batch["labels"]`` when ``conditional`` (MNIST's digit labels are ignored), with
+    condition dropout drawn by ``drop_fn`` (see ``diffusion_loss``)."""
     on_device = {}   # the schedule copied once to each device it meets, not once per step
 
     def loss_fn(model, batch):
@@ -134,7 +145,7 @@ def make_loss_fn(schedule: NoiseSchedule, *, conditional: bool = False, cond_dro
         device = model_device(model) or batch["x0"].device
         if device not in on_device:
             on_device[device] = schedule.to(device)
-        return diffusion_loss(model, batch["x0"], on_device[device], labels, cond_drop_prob)
+        return diffusion_loss(model, batch["x0"], on_device[device], labels, cond_drop_prob, drop_fn)
     return loss_fn
 
 
@@ -190,15 +201,23 @@ def make_diffusers_scheduler(sampler: str, schedule: NoiseSchedule, *, clip_samp
     raise ValueError(f"sampler={sampler!r}: use one of {SAMPLERS}.")
 
 
+def mix_guidance(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """ε = ε_uncond + w · (ε_cond − ε_uncond) in float32, also for fp16/bf16 inputs. Shapes kept: (B, C, H, W)."""
+    eps_cond, eps_uncond = eps_cond.float(), eps_uncond.float()
+    return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+
+
 def guided_noise(model, xt: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None,
-                 guidance_scale: float) -> torch.Tensor:
+                 guidance_scale: float, guidance_mix=mix_guidance) -> torch.Tensor:
     """ε for sampling; with labels, classifier-free guidance (Ho & Salimans 2022) in one forward:
 
         ε = ε_uncond + w · (ε_cond − ε_uncond)
 
     w = ``guidance_scale``: w = 1 is plain conditional sampling, w = 0 unconditional, w > 1
     trades diversity for fidelity to the labels. Conditional and unconditional halves run as
-    one batch of 2B. xt: (B, C, H, W); labels: (B, K) or None. Returns float32 (B, C, H, W).
+    one batch of 2B, mixed by ``guidance_mix(eps_cond, eps_uncond, w)`` (e.g. a hand-written one; default
+    ``mix_guidance``), which gets the halves in the network's dtype.
+    xt: (B, C, H, W); labels: (B, K) or None. Returns float32 (B, C, H, W).
     """
     B = xt.shape[0]
     if labels is None:
@@ -207,8 +226,8 @@ def guided_noise(model, xt: torch.Tensor, t: torch.Tensor, labels: torch.Tensor 
         return predict_noise(model, xt, t.expand(B), labels).float()
     drop = torch.arange(2 * B, device=xt.device) >= B                          # second half: null label
     eps = predict_noise(model, torch.cat([xt, xt]), t.expand(2 * B), torch.cat([labels, labels]), drop)
-    eps_cond, eps_uncond = eps.float().chunk(2)      # the mix in float32, also when the network ran in fp16/bf16
-    return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+    eps_cond, eps_uncond = eps.chunk(2)
+    return guidance_mix(eps_cond, eps_uncond, guidance_scale).float()
 
 
 def _randn(shape, generator: torch.Generator | None, device, dtype=torch.float32) -> torch.Tensor:
@@ -237,13 +256,14 @@ def sample(model, schedule: NoiseSchedule, num_images: int, image_shape: tuple[i
            sampler: str = "ddpm", num_inference_steps: int | None = None, labels=None,
            guidance_scale: float = 1.0, seed: int | None = 0, num_frames: int = 0,
            clip_sample: bool = True, mixed_precision: str = "auto", progress: bool = True,
-           variance_type: str = "fixed_small") -> SampleResult:
+           variance_type: str = "fixed_small", guidance_mix=mix_guidance) -> SampleResult:
     """Generate ``num_images`` images of ``image_shape`` (C, H, W), starting from x_T ~ N(0, I).
 
     "ddpm" is Algorithm 2 with all T steps (``ddpm_step``); "ddim" and "dpm" use diffusers
     schedulers with ``num_inference_steps`` (e.g. 50). The loop reads: predict noise; step.
     ``labels``: (B, K) multi-hot for a conditional model, with ``guidance_scale`` w (see
-    ``guided_noise``). ``num_frames`` > 0 keeps that many evenly spaced snapshots for a GIF.
+    ``guided_noise``, which mixes with ``guidance_mix``). ``num_frames`` > 0 keeps that many evenly
+    spaced snapshots for a GIF.
     ``variance_type``: Algorithm 2's σ_t² for "ddpm", β̃_t ("fixed_small") or β_t ("fixed_large").
 
     Runs on the model's device. The network runs under ``mixed_precision`` ("auto": fp16/bf16 on
@@ -290,7 +310,7 @@ def sample(model, schedule: NoiseSchedule, num_images: int, image_shape: tuple[i
     model.eval()
     for i, t in enumerate(tqdm(timesteps, desc=f"sampling ({sampler})", disable=not progress, leave=False)):
         with autocast(device, mixed_precision):
-            eps = guided_noise(model, x, t_all[i:i + 1], labels, guidance_scale)               # predict noise
+            eps = guided_noise(model, x, t_all[i:i + 1], labels, guidance_scale, guidance_mix)            # predict noise
         x = step(eps.to(x.dtype), t, x)                                                        # step
         if i in keep:
             frames.append(x.clone())

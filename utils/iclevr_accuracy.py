@@ -191,15 +191,18 @@ class GuidanceRun:
 def sample_and_score(model, schedule: diffusion.NoiseSchedule, evaluator: nn.Module | None,
                      label_sets: dict[str, torch.Tensor], guidance_scale: float, *, image_shape: tuple[int, int, int],
                      sampler: str, num_inference_steps: int, seed: int = 0, clip_sample: bool = True,
-                     num_frames: int = 0, mixed_precision: str = "auto", progress: bool = True) -> GuidanceRun:
+                     num_frames: int = 0, mixed_precision: str = "auto", progress: bool = True,
+                     guidance_mix=diffusion.mix_guidance) -> GuidanceRun:
     """One image per label list of each set at guidance scale w, scored as saved (8-bit) by ``evaluator``
-    (no scores without one). Every set starts from the noise of ``seed``. Writes nothing."""
+    (no scores without one). Every set starts from the noise of ``seed``. ``guidance_mix``: see
+    ``diffusion.guided_noise``. Writes nothing."""
     samples, scores = {}, {}
     for name, labels in label_sets.items():
         samples[name] = diffusion.sample(model, schedule, len(labels), image_shape, sampler=sampler,
                                          num_inference_steps=num_inference_steps, labels=labels,
                                          guidance_scale=float(guidance_scale), seed=seed, num_frames=num_frames,
-                                         clip_sample=clip_sample, mixed_precision=mixed_precision, progress=progress)
+                                         clip_sample=clip_sample, mixed_precision=mixed_precision, progress=progress,
+                                         guidance_mix=guidance_mix)
         if evaluator is not None:
             scores[name] = accuracy(evaluator, as_saved(samples[name].images), labels)
     return GuidanceRun(float(guidance_scale), samples, scores)
@@ -208,15 +211,16 @@ def sample_and_score(model, schedule: diffusion.NoiseSchedule, evaluator: nn.Mod
 def guidance_sweep(model, schedule: diffusion.NoiseSchedule, evaluator: nn.Module,
                    label_sets: dict[str, torch.Tensor], guidance_scales, *, image_shape: tuple[int, int, int],
                    sampler: str = "ddim", num_inference_steps: int = 50, seed: int = 0,
-                   clip_sample: bool = True, mixed_precision: str = "auto", progress: bool = True) -> list[dict]:
+                   clip_sample: bool = True, mixed_precision: str = "auto", progress: bool = True,
+                   guidance_mix=diffusion.mix_guidance) -> list[dict]:
     """Course accuracy of each label set at each guidance scale w; one row per w.
 
     Every w starts from the same noise (``seed``), so rows differ only by w. label_sets: name →
-    multi-hot (N, K). Rows: {"guidance_scale": w, name: accuracy}.
+    multi-hot (N, K). Rows: {"guidance_scale": w, name: accuracy}. ``guidance_mix``: see ``diffusion.guided_noise``.
     """
     return [sample_and_score(model, schedule, evaluator, label_sets, w, image_shape=image_shape, sampler=sampler,
                              num_inference_steps=num_inference_steps, seed=seed, clip_sample=clip_sample,
-                             mixed_precision=mixed_precision, progress=False).row()
+                             mixed_precision=mixed_precision, progress=False, guidance_mix=guidance_mix).row()
             for w in tqdm(list(guidance_scales), desc="guidance sweep", disable=not progress)]
 
 
