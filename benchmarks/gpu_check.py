@@ -118,7 +118,7 @@ def measure(name: str, device: torch.device, work: str, *, quick: bool) -> Row:
     model = models.build_model(cfg).to(device)
     schedule = diffusion.schedule_from_config(cfg)
     loss_fn = diffusion.make_loss_fn(schedule, conditional=cfg.num_labels > 0,
-                                     cond_drop_prob=getattr(cfg, "cond_drop_prob", 0.0))
+                                     cond_drop_prob=getattr(cfg, "cond_drop_prob", 0.0), min_snr_gamma=cfg.min_snr_gamma)
 
     stamps = []
     _reset_peak(device)

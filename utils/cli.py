@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> training.TrainResult:
                               rank=accelerator.process_index, world_size=accelerator.num_processes)
     schedule = diffusion.schedule_from_config(cfg)
     loss_fn = diffusion.make_loss_fn(schedule, conditional=cfg.num_labels > 0,
-                                     cond_drop_prob=getattr(cfg, "cond_drop_prob", 0.0))
+                                     cond_drop_prob=getattr(cfg, "cond_drop_prob", 0.0), min_snr_gamma=cfg.min_snr_gamma)
     if accelerator.is_main_process:
         print(f"{cfg.name}: {len(images):,} images from {images.source}; {accelerator.num_processes} process(es) "
               f"× batch {cfg.batch_size} on {device}, mixed precision {mixed_precision}; "

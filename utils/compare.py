@@ -116,7 +116,7 @@ def trained_runs(cfg) -> list[str]:
 
 def sampler_steps(sampler: str, num_inference_steps: int, num_train_timesteps: int) -> int:
     """Network evaluations per image of a DDPM sampler: "ddpm" (Algorithm 2) takes all T steps,
-    "ddim" and "dpm" ``num_inference_steps``."""
+    the fast ones (ddim, dpm, sde-dpm) ``num_inference_steps``."""
     return num_train_timesteps if sampler == "ddpm" else num_inference_steps
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .devices import PRECISIONS, pick_device, resolve_mixed_precision  # noqa: F401  (config.pick_device in notebooks)
+from .diffusion import SAMPLERS
 from .io import unwritable_message
 
 BUNDLE_ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +34,7 @@ ARCHITECTURE_FIELDS = (
 # Fields that shape how a run trains but not the network: a finished run asked to train with other
 # values says so (training.check_same_training) instead of silently keeping its own.
 TRAINING_FIELDS = ("hflip", "dropout", "batch_size", "learning_rate", "lr_schedule", "warmup_steps",
-                   "weight_decay", "grad_clip", "ema_decay", "mixed_precision")
+                   "weight_decay", "grad_clip", "min_snr_gamma", "ema_decay", "mixed_precision")
 # Of those, the ones an unfinished run may change when it resumes (e.g. a lower learning rate after a NaN stop).
 ADJUSTABLE_FIELDS = ("learning_rate", "grad_clip", "ema_decay", "mixed_precision")
 
@@ -205,6 +206,7 @@ class DDPMConfig(_Folders):
     warmup_steps: int = 500                # linear warm-up avoids early fp16 blow-ups
     weight_decay: float = 0.0              # AdamW weight decay
     grad_clip: float = 1.0                 # max global gradient norm (0 = off)
+    min_snr_gamma: float = 0.0             # Min-SNR-γ loss weights min(SNR_t, γ)/SNR_t (0 = Algorithm 1's plain loss)
     ema_decay: float = 0.9995              # EMA of weights used for sampling
     mixed_precision: str = "auto"          # "auto", "no", "fp16" or "bf16"
     channels_last: bool = False            # NHWC weights: faster convolutions on tensor-core GPUs (measure on yours)
@@ -216,9 +218,9 @@ class DDPMConfig(_Folders):
     resume: bool = True                    # continue from the latest checkpoint if there is one
     seed: int = 0                          # seeds data order, noise and sampling
     # --- sampling
-    sampler: str = "ddpm"                  # final samples: "ddpm" (Algorithm 2), "ddim" or "dpm"
-    num_inference_steps: int = 50          # steps of a fast final sampler (ddim/dpm); ddpm always takes all T
-    preview_sampler: str = "ddim"          # fast sampler for previews
+    sampler: str = "ddpm"                  # final samples: "ddpm" (Algorithm 2), or a fast "ddim", "dpm" or "sde-dpm"
+    num_inference_steps: int = 50          # steps of a fast final sampler; ddpm always takes all T
+    preview_sampler: str = "sde-dpm"       # fast sampler for previews (SDE-DPM-Solver++: closest to DDPM-1000 in 50 steps)
     preview_steps: int = 50                # steps for previews
     clip_sample: bool = True               # clamp the predicted x0 to [-1, 1] while sampling
     gif_frames: int = 40                   # frames of the diffusion GIF
@@ -243,7 +245,7 @@ class DDPMConfig(_Folders):
                                "preview_steps", "gif_frames", "layers_per_block", "norm_num_groups",
                                "time_budget_minutes"),
                         non_negative=("preview_every", "warmup_steps", "grad_clip", "num_labels", "weight_decay",
-                                      "ema_decay"))
+                                      "ema_decay", "min_snr_gamma"))
         halvings = len(self.block_out_channels) - 1          # the U-Net halves the image between levels
         if self.image_size % 2 ** halvings:
             raise ValueError(f"image_size={self.image_size} must halve {halvings} times through the U-Net's "
@@ -262,8 +264,8 @@ class DDPMConfig(_Folders):
         if self.mixed_precision not in PRECISIONS:
             raise ValueError(f"mixed_precision={self.mixed_precision!r}: use one of {PRECISIONS}.")
         for sampler in (self.sampler, self.preview_sampler):
-            if sampler not in ("ddpm", "ddim", "dpm"):
-                raise ValueError(f"sampler {sampler!r}: use 'ddpm', 'ddim' or 'dpm'.")
+            if sampler not in SAMPLERS:
+                raise ValueError(f"sampler {sampler!r}: use one of {SAMPLERS}.")
         work = Path(self.workdir).expanduser() if self.workdir else default_workdir()
         self.workdir = str(work)
         self.data_dir = self.data_dir or str(work / "data")
@@ -286,7 +288,7 @@ class MNISTConfig(DDPMConfig):
         # the batch, and more, smaller steps learn faster. It keeps the default 1000-step DDPM sampler:
         # at this budget it draws far cleaner digits than DDIM (52 % vs 32 % judged confidently).
         "cpu": dict(block_out_channels=(16, 32, 64), layers_per_block=1, norm_num_groups=8,
-                    batch_size=32, max_steps=2500, learning_rate=1e-3, warmup_steps=100,
+                    batch_size=32, max_steps=2500, learning_rate=2e-3, warmup_steps=100,
                     ema_decay=0.995, checkpoint_every=500, allow_offline_sample=True),
         # About a minute under nbval: every file is still written.
         "smoke": dict(block_out_channels=(8, 16), attention_levels=(False, True), layers_per_block=1,
@@ -312,6 +314,7 @@ class AnimeConfig(DDPMConfig):
     hflip: bool = True                     # faces are roughly symmetric: flips double the data
     block_out_channels: tuple[int, ...] = (64, 128, 256, 256)  # 64 → 32 → 16 → 8 px, 26.6 M parameters
     attention_levels: tuple[bool, ...] = (False, False, True, True)  # attention at 16 and 8 px, where it is cheap
+    min_snr_gamma: float = 5.0             # Min-SNR-5 loss weights (Hang et al. 2023; CPU proxies: benchmarks/results)
     batch_size: int = 64                   # 334 steps per epoch over the course's 21,376 faces
     num_epochs: int = 30                   # ≈ 10k steps; faces appear after ≈ 3k
     checkpoint_every: int = 1000           # steps between checkpoints (≈ 5 min on a T4, estimate)
@@ -350,6 +353,7 @@ class ICLEVRConfig(DDPMConfig):
     block_out_channels: tuple[int, ...] = (64, 128, 256, 256)  # 64 → 32 → 16 → 8 px
     attention_levels: tuple[bool, ...] = (False, False, True, True)  # attention at 16 and 8 px
     beta_schedule: str = "squaredcos_cap_v2"  # cosine: keeps the small objects visible longer
+    min_snr_gamma: float = 5.0             # Min-SNR-5 loss weights (Hang et al. 2023; benchmarks/results/iclevr_learnability.md)
     batch_size: int = 64                   # 281 steps per epoch over 18,009 images
     num_epochs: int = 100                  # ≈ 28k steps
     checkpoint_every: int = 2000           # steps between checkpoints (a few minutes on a T4)
@@ -389,8 +393,8 @@ class ICLEVRConfig(DDPMConfig):
         _check_positive(self, ("sweep_steps",), non_negative=("cond_drop_prob", "confirm_top"))
         if self.cond_drop_prob >= 1:
             raise ValueError(f"cond_drop_prob={self.cond_drop_prob}: the chance a label is hidden must be below 1.")
-        if self.sweep_sampler not in ("ddpm", "ddim", "dpm"):
-            raise ValueError(f"sweep_sampler {self.sweep_sampler!r}: use 'ddpm', 'ddim' or 'dpm'.")
+        if self.sweep_sampler not in SAMPLERS:
+            raise ValueError(f"sweep_sampler {self.sweep_sampler!r}: use one of {SAMPLERS}.")
         if self.denoising_frames < 8:
             raise ValueError(f"denoising_frames={self.denoising_frames}: the hand-in row needs at least 8 images.")
 
@@ -481,7 +485,7 @@ class CompareConfig(_Folders):
     name: str = "compare"
     fid_num_samples: int = 5000            # generated (and real) images per FID/KID; 50k is the paper standard
     fid_batch_size: int = 250              # images per sampling batch (fits a T4 at 64×64 with fp16)
-    fid_sampler: str = "ddim"              # the DDPM's fast sampler for metrics
+    fid_sampler: str = "sde-dpm"           # the DDPM's fast sampler for metrics
     fid_steps: int = 50                    # its steps
     fid_handin_samples: int = 500          # also score the hand-in sampler (when it is not the fast one) on this many
                                            # (at most fid_num_samples; 0 = skip): DDPM-1000 costs 20× DDIM-50 per image
@@ -505,8 +509,8 @@ class CompareConfig(_Folders):
                                "neighbours"), non_negative=("fid_handin_samples",))
         if self.feature_extractor not in ("inception", "random"):
             raise ValueError(f"feature_extractor={self.feature_extractor!r}: use 'inception' or 'random'.")
-        if self.fid_sampler not in ("ddpm", "ddim", "dpm"):
-            raise ValueError(f"fid_sampler {self.fid_sampler!r}: use 'ddpm', 'ddim' or 'dpm'.")
+        if self.fid_sampler not in SAMPLERS:
+            raise ValueError(f"fid_sampler {self.fid_sampler!r}: use one of {SAMPLERS}.")
         work = Path(self.workdir).expanduser() if self.workdir else default_workdir()
         self.workdir = str(work)
         self.output_dir = self.output_dir or _run_folder(work, "outputs", self.name, self.run_name)

@@ -4,6 +4,7 @@
 * The **model's device is the one truth**: every helper that takes a model (the loss, the samplers,
   the evaluator, the previews, the widgets) moves what it receives or creates to ``model_device(model)``,
   so a batch on the GPU and a model on the CPU (or the reverse) cannot meet in one operation.
+* ``CPUThreads``: on a shared CPU, the loops use all threads or one, whichever steps faster now.
 * The precision rule (``resolve_mixed_precision``): bf16 only where the GPU computes it natively
   (compute capability ≥ 8.0: A100, L4, H100…), fp16 with a grad scaler on older GPUs (T4, V100),
   fp32 on CPU and MPS unless asked. Sampling runs under the same rule (``autocast``).
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import warnings
 
 import torch
@@ -101,3 +103,59 @@ def autocast(device: torch.device | str, mixed_precision: str = "auto"):
     if precision == "no" or device.type not in ("cuda", "cpu", "mps"):
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=_DTYPES[precision])
+
+
+class CPUThreads:
+    """All of torch's CPU threads or one, whichever steps faster now; re-checked as neighbours come and go.
+
+    Several threads split each operation and wait for each other after it. When another process holds
+    one of the cores, every such wait lasts until the descheduled thread runs again: on 2 cores next
+    to one busy process, the MNIST "cpu" preset trains at 1.35 it/s with 2 threads and 5.12 it/s with
+    1 (benchmarks/results/cpu_threads.md; idle: 8.91 vs 5.39). So every ``every`` steps the loop runs
+    ``window`` steps with all threads, ``window`` with one, and keeps the faster until the next check.
+
+    Use it as ``with CPUThreads(device) as threads:`` around the loop and call ``threads.tick()`` at the
+    start of every step; leaving the block restores the thread count. Does nothing off the CPU, for
+    ``device=None``, or when torch has one thread (e.g. ``OMP_NUM_THREADS=1``). ``clock`` is for tests.
+    """
+
+    def __init__(self, device, *, every: int = 250, window: int = 10, warmup: int = 3, clock=time.perf_counter):
+        self.all = torch.get_num_threads()
+        self.active = device is not None and torch.device(device).type == "cpu" and self.all > 1
+        self.every, self.window, self.warmup, self.clock = every, window, warmup, clock
+        self.ticks = 0
+        self.seconds: dict[int, float] = {}     # threads → seconds for the last window with that many
+        self.switched_to_one = 0                # how many checks chose one thread
+
+    @property
+    def threads(self) -> int:
+        return torch.get_num_threads()
+
+    def tick(self) -> None:
+        if not self.active:
+            return
+        phase = self.ticks - self.warmup
+        self.ticks += 1
+        if phase < 0:
+            return
+        phase %= self.every
+        if phase == 0:
+            torch.set_num_threads(self.all)
+        elif phase in (self.window, 2 * self.window):
+            threads = self.all if phase == self.window else 1
+            self.seconds[threads] = self.clock() - self._start
+            if phase == self.window:
+                torch.set_num_threads(1)
+            else:
+                one_wins = self.seconds[1] < self.seconds[self.all]
+                self.switched_to_one += one_wins
+                torch.set_num_threads(1 if one_wins else self.all)
+        if phase in (0, self.window):
+            self._start = self.clock()
+
+    def __enter__(self) -> "CPUThreads":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.active:
+            torch.set_num_threads(self.all)

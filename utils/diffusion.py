@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .devices import autocast, model_device, model_dtype
+from .devices import CPUThreads, autocast, model_device, model_dtype
 
-SAMPLERS = ("ddpm", "ddim", "dpm")
+SAMPLERS = ("ddpm", "ddim", "dpm", "sde-dpm")
 
 
 @dataclass
@@ -102,8 +102,21 @@ def draw_drop_mask(batch_size: int, p: float, device) -> torch.Tensor:
     return torch.rand(batch_size, device=device) < p
 
 
+def min_snr_weights(timesteps: torch.Tensor, schedule: NoiseSchedule, gamma: float) -> torch.Tensor:
+    """Min-SNR-γ loss weights for ε-prediction (Hang et al. 2023), shape (B,):
+
+        w_t = min(SNR_t, γ) / SNR_t,   SNR_t = ᾱ_t / (1 − ᾱ_t)
+
+    1 for the noisy steps (SNR_t ≤ γ), smaller for the nearly clean ones, whose easy ε-loss would
+    otherwise pull the gradient away from the steps that shape the image.
+    """
+    abar = schedule.alphas_cumprod.to(timesteps.device)[timesteps]
+    snr = abar / (1 - abar)
+    return snr.clamp(max=gamma) / snr
+
+
 def diffusion_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, labels=None,
-                   cond_drop_prob: float = 0.0, drop_fn=draw_drop_mask) -> torch.Tensor:
+                   cond_drop_prob: float = 0.0, drop_fn=draw_drop_mask, min_snr_gamma: float = 0.0) -> torch.Tensor:
     """Algorithm 1 (training), one step:
 
         t ~ Uniform{0 … T−1},  ε ~ N(0, I)
@@ -113,6 +126,8 @@ def diffusion_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, labels=None
     (replaced by the learned null label), which trains the unconditional model that
     classifier-free guidance needs (Ho & Salimans 2022). ``drop_fn(B, cond_drop_prob, device)`` draws
     that (B,) bool mask (e.g. a hand-written one; default ``draw_drop_mask``).
+    ``min_snr_gamma`` > 0 weights each sample's squared error by ``min_snr_weights`` (Min-SNR-γ);
+    0 is Algorithm 1 exactly.
     x0: (B, C, H, W) in [-1, 1]; labels: (B, K) or None; both are moved to the model's device.
     Returns a scalar.
     """
@@ -130,14 +145,18 @@ def diffusion_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, labels=None
             raise ValueError(f"drop_fn({B}, {cond_drop_prob}, {x0.device}) must return a ({B},) bool tensor, got "
                              + (f"{drop.dtype} {tuple(drop.shape)}" if torch.is_tensor(drop) else type(drop).__name__))
     eps = predict_noise(model, xt, timesteps, labels, drop)
-    return F.mse_loss(eps.float(), noise.float())
+    if not min_snr_gamma:
+        return F.mse_loss(eps.float(), noise.float())
+    per_sample = (eps.float() - noise.float()).pow(2).mean(dim=tuple(range(1, x0.ndim)))    # (B,)
+    return (min_snr_weights(timesteps, schedule, min_snr_gamma) * per_sample).mean()
 
 
 def make_loss_fn(schedule: NoiseSchedule, *, conditional: bool = False, cond_drop_prob: float = 0.0,
-                 drop_fn=draw_drop_mask):
+                 drop_fn=draw_drop_mask, min_snr_gamma: float = 0.0):
     """The ``loss_fn(model, batch)`` the training loop calls: Algorithm 1 on ``batch["x0"]``,
     conditioned on ``batch["labels"]`` when ``conditional`` (MNIST's digit labels are ignored), with
-    condition dropout drawn by ``drop_fn`` (see ``diffusion_loss``)."""
+    condition dropout drawn by ``drop_fn`` and Min-SNR-γ weights when ``min_snr_gamma`` > 0
+    (see ``diffusion_loss``)."""
     on_device = {}   # the schedule copied once to each device it meets, not once per step
 
     def loss_fn(model, batch):
@@ -145,7 +164,7 @@ def make_loss_fn(schedule: NoiseSchedule, *, conditional: bool = False, cond_dro
         device = model_device(model) or batch["x0"].device
         if device not in on_device:
             on_device[device] = schedule.to(device)
-        return diffusion_loss(model, batch["x0"], on_device[device], labels, cond_drop_prob, drop_fn)
+        return diffusion_loss(model, batch["x0"], on_device[device], labels, cond_drop_prob, drop_fn, min_snr_gamma)
     return loss_fn
 
 
@@ -184,8 +203,11 @@ def ddpm_step(eps: torch.Tensor, t: int, xt: torch.Tensor, schedule: NoiseSchedu
 
 
 def make_diffusers_scheduler(sampler: str, schedule: NoiseSchedule, *, clip_sample: bool = True):
-    """A diffusers scheduler with exactly these betas: "ddpm", "ddim" (Song et al. 2021, η = 0)
-    or "dpm" (DPM-Solver++ 2M, Lu et al. 2022). Built fresh each time, never pickled."""
+    """A diffusers scheduler with exactly these betas: "ddpm", "ddim" (Song et al. 2021, η = 0),
+    "dpm" (DPM-Solver++ 2M, Lu et al. 2022: an ODE solver, no fresh noise) or "sde-dpm" (SDE-DPM-Solver++ 2M:
+    the same solver for the reverse SDE, fresh noise at every step like Algorithm 2, so it corrects the errors
+    of a briefly trained network instead of following them; benchmarks/results/mnist_learnability.md).
+    Built fresh each time, never pickled."""
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
     common = dict(num_train_timesteps=schedule.num_train_timesteps,
@@ -195,9 +217,9 @@ def make_diffusers_scheduler(sampler: str, schedule: NoiseSchedule, *, clip_samp
     if sampler == "ddim":
         return DDIMScheduler(**common, clip_sample=clip_sample, timestep_spacing="trailing",
                              set_alpha_to_one=True)
-    if sampler == "dpm":
-        return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2,
-                                           timestep_spacing="trailing", final_sigmas_type="zero")
+    if sampler in ("dpm", "sde-dpm"):
+        return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++" if sampler == "dpm" else "sde-dpmsolver++",
+                                           solver_order=2, timestep_spacing="trailing", final_sigmas_type="zero")
     raise ValueError(f"sampler={sampler!r}: use one of {SAMPLERS}.")
 
 
@@ -259,7 +281,7 @@ def sample(model, schedule: NoiseSchedule, num_images: int, image_shape: tuple[i
            variance_type: str = "fixed_small", guidance_mix=mix_guidance) -> SampleResult:
     """Generate ``num_images`` images of ``image_shape`` (C, H, W), starting from x_T ~ N(0, I).
 
-    "ddpm" is Algorithm 2 with all T steps (``ddpm_step``); "ddim" and "dpm" use diffusers
+    "ddpm" is Algorithm 2 with all T steps (``ddpm_step``); "ddim", "dpm" and "sde-dpm" use diffusers
     schedulers with ``num_inference_steps`` (e.g. 50). The loop reads: predict noise; step.
     ``labels``: (B, K) multi-hot for a conditional model, with ``guidance_scale`` w (see
     ``guided_noise``, which mixes with ``guidance_mix``). ``num_frames`` > 0 keeps that many evenly
@@ -277,7 +299,8 @@ def sample(model, schedule: NoiseSchedule, num_images: int, image_shape: tuple[i
         raise ValueError(f"variance_type={variance_type!r}: use one of {VARIANCE_TYPES}.")
     if variance_type != "fixed_small" and sampler != "ddpm":
         raise ValueError(f"variance_type={variance_type!r} is Algorithm 2's σ_t², used by sampler='ddpm' only; "
-                         f"{sampler!r} adds no fresh noise (η = 0). Use sampler='ddpm'.")
+                         f"{sampler!r} " + ("draws its noise as its SDE solver prescribes" if sampler == "sde-dpm" else
+                                            "adds no fresh noise (η = 0)") + ". Use sampler='ddpm'.")
     device = model_device(model) or torch.device("cpu")
     generator = torch.Generator()
     if seed is not None:
@@ -308,13 +331,15 @@ def sample(model, schedule: NoiseSchedule, num_images: int, image_shape: tuple[i
     keep = _frame_indices(len(timesteps), num_frames)
     frames, frame_t = ([x.clone()], [schedule.num_train_timesteps]) if num_frames else ([], [])
     model.eval()
-    for i, t in enumerate(tqdm(timesteps, desc=f"sampling ({sampler})", disable=not progress, leave=False)):
-        with autocast(device, mixed_precision):
-            eps = guided_noise(model, x, t_all[i:i + 1], labels, guidance_scale, guidance_mix)            # predict noise
-        x = step(eps.to(x.dtype), t, x)                                                        # step
-        if i in keep:
-            frames.append(x.clone())
-            frame_t.append(t)
+    with CPUThreads(device) as threads:     # a busy shared CPU: one thread when that is faster
+        for i, t in enumerate(tqdm(timesteps, desc=f"sampling ({sampler})", disable=not progress, leave=False)):
+            threads.tick()
+            with autocast(device, mixed_precision):
+                eps = guided_noise(model, x, t_all[i:i + 1], labels, guidance_scale, guidance_mix)        # predict noise
+            x = step(eps.to(x.dtype), t, x)                                                    # step
+            if i in keep:
+                frames.append(x.clone())
+                frame_t.append(t)
     x = x.clamp(-1, 1)  # the finished images live in [-1, 1]; fast samplers can overshoot slightly
     if num_frames:
         frames[-1] = x

@@ -210,7 +210,7 @@ def sample_and_score(model, schedule: diffusion.NoiseSchedule, evaluator: nn.Mod
 
 def guidance_sweep(model, schedule: diffusion.NoiseSchedule, evaluator: nn.Module,
                    label_sets: dict[str, torch.Tensor], guidance_scales, *, image_shape: tuple[int, int, int],
-                   sampler: str = "ddim", num_inference_steps: int = 50, seed: int = 0,
+                   sampler: str = "sde-dpm", num_inference_steps: int = 50, seed: int = 0,
                    clip_sample: bool = True, mixed_precision: str = "auto", progress: bool = True,
                    guidance_mix=diffusion.mix_guidance) -> list[dict]:
     """Course accuracy of each label set at each guidance scale w; one row per w.

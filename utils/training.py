@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .devices import pick_device, resolve_mixed_precision
+from .devices import CPUThreads, pick_device, resolve_mixed_precision
 from .io import atomic_save, leftover_temp_files, previous_path, safe_load, unwritable_message
 
 CHECKPOINT_NAME = "last.pt"
@@ -461,37 +461,43 @@ def _train(model: nn.Module, loss_fn: Callable, loader, cfg, on_log, accelerator
     losses = _LossReadout(history, bar, lr_scheduler, checkpoints, accelerator, on_log, ema_model, total_steps,
                           start_time)
     stop_reason = "done"
-    model.train()
-    while step < total_steps:
-        epoch, start = divmod(step, steps_per_epoch)
-        for batch in loader.epoch(epoch, start):
-            loss = loss_fn(forward_model, batch)
-            accelerator.backward(loss)
-            if cfg.grad_clip:
-                accelerator.clip_grad_norm_(trained, cfg.grad_clip)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            ema.step(raw_model.parameters())
-            losses.add(loss)
-            step += 1
-            out_of_time = time.monotonic() - start_time > budget
-            if accelerator.num_processes > 1:  # all processes stop at one step: the main one decides at read-outs
-                out_of_time = budget < math.inf and step % cfg.log_every == 0 and _main_decides(out_of_time, accelerator)
-            last = step == total_steps or out_of_time
-            if step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or last:
-                losses.read(step, final=last)
-            if step % cfg.checkpoint_every == 0 or last:
-                checkpoints.save(step, bar)
-            if last:
+    one_process = accelerator.device if accelerator.num_processes == 1 else None   # several: each keeps its threads
+    with CPUThreads(one_process) as threads:
+        model.train()
+        while step < total_steps:
+            epoch, start = divmod(step, steps_per_epoch)
+            for batch in loader.epoch(epoch, start):
+                threads.tick()
+                loss = loss_fn(forward_model, batch)
+                accelerator.backward(loss)
+                if cfg.grad_clip:
+                    accelerator.clip_grad_norm_(trained, cfg.grad_clip)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                ema.step(raw_model.parameters())
+                losses.add(loss)
+                step += 1
+                out_of_time = time.monotonic() - start_time > budget
+                if accelerator.num_processes > 1:  # all processes stop at one step: the main one decides at read-outs
+                    out_of_time = budget < math.inf and step % cfg.log_every == 0 and _main_decides(out_of_time, accelerator)
+                last = step == total_steps or out_of_time
+                if step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or last:
+                    losses.read(step, final=last)
+                if step % cfg.checkpoint_every == 0 or last:
+                    checkpoints.save(step, bar)
+                if last:
+                    break
+            if out_of_time:
+                stop_reason = "time budget"
+                if main:
+                    print(f"Time budget of {cfg.time_budget_minutes} min reached at step {step} of {total_steps}; "
+                          "checkpoint saved. Run this cell again to continue.")
                 break
-        if out_of_time:
-            stop_reason = "time budget"
-            if main:
-                print(f"Time budget of {cfg.time_budget_minutes} min reached at step {step} of {total_steps}; "
-                      "checkpoint saved. Run this cell again to continue.")
-            break
     bar.close()
+    if main and threads.switched_to_one:
+        print(f"The CPU was busy: {threads.switched_to_one} of the loop's speed checks found one thread faster than "
+              f"{threads.all}, and it trained on one until the next check (utils.devices.CPUThreads).")
     return finished(stop_reason)
 
 

@@ -39,7 +39,7 @@ def to_png(image: Image.Image) -> bytes:
 
 # ----------------------------------------------------------------------------- unconditional
 def sample_trajectory(model, schedule: diffusion.NoiseSchedule, image_shape: tuple[int, int, int], *,
-                      sampler: str = "ddim", num_inference_steps: int = 50, seed: int = 0, num_frames: int = 20,
+                      sampler: str = "sde-dpm", num_inference_steps: int = 50, seed: int = 0, num_frames: int = 20,
                       clip_sample: bool = True) -> diffusion.SampleResult:
     """One sample (``image_shape`` = (C, H, W)) with ``num_frames`` snapshots of x_t, noise → image."""
     return diffusion.sample(model, schedule, 1, image_shape, sampler=sampler, num_inference_steps=num_inference_steps,
@@ -56,7 +56,7 @@ def frame_view(result: diffusion.SampleResult, index: int, *, size: int = DISPLA
 
 
 def unconditional_explorer(model, schedule: diffusion.NoiseSchedule, image_shape: tuple[int, int, int], *,
-                           sampler: str = "ddim", num_inference_steps: int = 50, seed: int = 0,
+                           sampler: str = "sde-dpm", num_inference_steps: int = 50, seed: int = 0,
                            num_frames: int = 20, clip_sample: bool = True):
     """Sampler, steps and seed → one sample; a slider scrubs its denoising trajectory. Returns the widget."""
     import ipywidgets as W
@@ -92,7 +92,7 @@ def unconditional_explorer(model, schedule: diffusion.NoiseSchedule, image_shape
     frame.observe(show_frame, "value")
     button.on_click(run)
     run()
-    hint = W.Label(f"ddpm = Algorithm 2 with all T = {T} steps; ddim / dpm = fast, with 'steps' steps")
+    hint = W.Label(f"ddpm = Algorithm 2 with all T = {T} steps; ddim / dpm / sde-dpm = fast, with 'steps' steps")
     return W.VBox([W.HBox([sampler_box, steps, seed_box, button]), hint, frame, picture, caption])
 
 
@@ -125,7 +125,7 @@ def describe_predictions(predictions: list[tuple[str, float]], chosen: list[str]
 
 
 def generate_scene(model, schedule: diffusion.NoiseSchedule, image_shape: tuple[int, int, int], chosen: list[str],
-                   objects: dict[str, int], *, guidance_scale: float = 2.0, sampler: str = "ddim",
+                   objects: dict[str, int], *, guidance_scale: float = 2.0, sampler: str = "sde-dpm",
                    num_inference_steps: int = 50, seed: int = 0, evaluator=None, clip_sample: bool = True,
                    size: int = DISPLAY_PX) -> tuple[Image.Image | None, str]:
     """One scene with the ``chosen`` objects at guidance scale w, enlarged, and a text: the evaluator's
@@ -145,7 +145,7 @@ def generate_scene(model, schedule: diffusion.NoiseSchedule, image_shape: tuple[
 
 
 def iclevr_explorer(model, schedule: diffusion.NoiseSchedule, image_shape: tuple[int, int, int],
-                    objects: dict[str, int], *, evaluator=None, guidance_scale: float = 2.0, sampler: str = "ddim",
+                    objects: dict[str, int], *, evaluator=None, guidance_scale: float = 2.0, sampler: str = "sde-dpm",
                     num_inference_steps: int = 50, seed: int = 0, chosen: tuple[str, ...] = (),
                     clip_sample: bool = True):
     """Pick up to three of the 24 objects, set w, generate; the evaluator's top predictions beside the image."""
