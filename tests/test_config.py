@@ -166,3 +166,20 @@ def test_a_saved_config_comes_back_with_this_machines_folders(tmp_path):
     again = config.from_saved(saved, here)
     assert again.architecture() == trained.architecture() and again.learning_rate == 3e-4
     assert (again.workdir, again.checkpoint_dir, again.download_dir) == (here.workdir, here.checkpoint_dir, here.data_dir)
+
+
+def test_a_checkpoint_from_before_min_snr_counts_as_trained_with_the_plain_loss(tmp_path):
+    """min_snr_gamma is new, with default 5 for anime: a checkpoint that never saved it trained with Algorithm 1's
+    plain loss (γ = 0), so it must not pass for a Min-SNR run, finished or not."""
+    from pathlib import Path
+
+    from utils import training
+    saved = config.make_config("anime", "smoke", workdir=str(tmp_path)).to_dict()
+    del saved["min_snr_gamma"]
+    here = config.make_config("anime", "smoke", workdir=str(tmp_path))
+    assert here.min_snr_gamma == 5.0 and config.from_saved(saved, here).min_snr_gamma == 0.0
+    for finished in (True, False):
+        with pytest.raises(training.CheckpointError, match=r"min_snr_gamma: checkpoint has 0\.0, config has 5\.0"):
+            training.check_same_training(saved, here, Path("x/last.pt"), finished=finished)
+    plain = config.make_config("anime", "smoke", workdir=str(tmp_path), min_snr_gamma=0)
+    assert training.check_same_training(saved, plain, Path("x/last.pt"), finished=True) == []

@@ -257,16 +257,18 @@ def test_bf16_autocast_sampling_is_finite_and_close_to_fp32(cond, sampler):
 
 
 class _FakeClock:
-    """Each tick advances the clock by the step time of the current thread count."""
+    """Each step advances the clock by the step time of the current thread count; ``slow_steps`` take 100× longer
+    (a loss read-out with a plot, a checkpoint): the check compares medians, so they must not decide it."""
 
-    def __init__(self, seconds_per_step: dict[int, float]):
-        self.now, self.seconds_per_step = 0.0, seconds_per_step
+    def __init__(self, seconds_per_step: dict[int, float], slow_steps=()):
+        self.now, self.seconds_per_step, self.slow_steps, self.steps = 0.0, seconds_per_step, set(slow_steps), 0
 
     def __call__(self) -> float:
         return self.now
 
     def run_step(self):
-        self.now += self.seconds_per_step[torch.get_num_threads()]
+        self.now += self.seconds_per_step[torch.get_num_threads()] * (100 if self.steps in self.slow_steps else 1)
+        self.steps += 1
 
 
 def _run(tuner: devices.CPUThreads, clock: _FakeClock, steps: int) -> list[int]:
@@ -278,35 +280,49 @@ def _run(tuner: devices.CPUThreads, clock: _FakeClock, steps: int) -> list[int]:
     return used
 
 
+@pytest.fixture
+def four_threads():
+    """torch with 4 threads and no earlier decision of CPUThreads; both restored afterwards."""
+    before, last = torch.get_num_threads(), devices.CPUThreads._last
+    torch.set_num_threads(4)
+    devices.CPUThreads._last = None
+    yield
+    torch.set_num_threads(before)
+    devices.CPUThreads._last = last
+
+
 @pytest.mark.parametrize("busy", [True, False])
-def test_cpu_threads_keeps_the_faster_thread_count_and_restores_it(busy):
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        clock = _FakeClock({2: 1.0, 1: 0.25} if busy else {2: 0.5, 1: 1.0})
-        with devices.CPUThreads("cpu", every=50, window=5, warmup=2, clock=clock) as tuner:
-            used = _run(tuner, clock, 100)
-        assert used[:2] == [2, 2]                     # warm-up steps keep the threads torch has
-        assert used[2:7] == [2] * 5 and used[7:12] == [1] * 5          # the check: 5 steps each way
-        chosen = 1 if busy else 2
-        assert set(used[12:52]) == {chosen}           # the faster count until the next check
-        assert used[52:57] == [2] * 5 and used[57:62] == [1] * 5
-        assert tuner.switched_to_one == (2 if busy else 0)
-        assert torch.get_num_threads() == 2           # restored on leaving the block
-    finally:
-        torch.set_num_threads(before)
+def test_cpu_threads_keeps_the_faster_thread_count_and_restores_it(four_threads, busy):
+    # busy: a slow outlier step inside the "fewer" window must not hide that fewer threads are faster
+    clock = _FakeClock({4: 1.0, 2: 0.25} if busy else {4: 0.5, 2: 1.0}, slow_steps={3} if not busy else {9})
+    with devices.CPUThreads("cpu", every=50, window=5, warmup=2, clock=clock) as tuner:
+        used = _run(tuner, clock, 100)
+    assert used[:2] == [4, 4]                     # warm-up steps keep the threads torch has
+    assert used[2:7] == [4] * 5 and used[7:12] == [2] * 5          # the check: 5 steps with all, 5 with half
+    chosen = 2 if busy else 4
+    assert set(used[12:52]) == {chosen}           # the faster count until the next check
+    assert used[52:57] == [4] * 5 and used[57:62] == [2] * 5
+    assert tuner.switched_to_fewer == (2 if busy else 0)
+    assert tuner.seconds == ({4: 1.0, 2: 0.25} if busy else {4: 0.5, 2: 1.0})   # medians: the outlier is ignored
+    assert torch.get_num_threads() == 4           # restored on leaving the block
 
 
-def test_cpu_threads_does_nothing_off_the_cpu_or_with_one_thread():
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        clock = _FakeClock({2: 1.0, 1: 0.1})
-        for device in (None, "meta"):
-            with devices.CPUThreads(device, every=10, window=2, warmup=0, clock=clock) as tuner:
-                assert set(_run(tuner, clock, 30)) == {2}
-        torch.set_num_threads(1)
-        with devices.CPUThreads("cpu", every=10, window=2, warmup=0, clock=clock) as tuner:
-            assert set(_run(tuner, clock, 30)) == {1} and not tuner.active
-    finally:
-        torch.set_num_threads(before)
+def test_a_recent_decision_is_reused_without_a_new_check(four_threads):
+    clock = _FakeClock({4: 1.0, 2: 0.25})
+    with devices.CPUThreads("cpu", every=50, window=5, warmup=2, clock=clock) as tuner:
+        _run(tuner, clock, 20)
+    with devices.CPUThreads("cpu", every=50, window=5, warmup=2, clock=clock) as tuner:   # e.g. sampling after training
+        used = _run(tuner, clock, 60)
+    assert set(used[:50]) == {2} and used[50:55] == [4] * 5          # starts with the decision, checks after `every`
+    with devices.CPUThreads("cpu", every=50, window=5, warmup=2, remember=0.0, clock=clock) as tuner:
+        assert _run(tuner, clock, 3)[2] == 4                          # too old: checks first
+
+
+def test_cpu_threads_does_nothing_off_the_cpu_or_with_one_thread(four_threads):
+    clock = _FakeClock({4: 1.0, 2: 0.1, 1: 0.1})
+    for device in (None, "meta"):
+        with devices.CPUThreads(device, every=30, window=2, warmup=0, clock=clock) as tuner:
+            assert set(_run(tuner, clock, 40)) == {4}
+    torch.set_num_threads(1)
+    with devices.CPUThreads("cpu", every=30, window=2, warmup=0, clock=clock) as tuner:
+        assert set(_run(tuner, clock, 40)) == {1} and not tuner.active

@@ -26,5 +26,5 @@ def test_the_quick_run_writes_a_report_with_every_notebook(tmp_path):
     text = out.read_text()
     for notebook in ("01_mnist_ddpm", "02_anime_faces_ddpm", "03_iclevr_cfg"):
         assert text.count(notebook) == 2                      # its table row and its expected time
-    assert "Date: " in text and "train it/s" in text and "DDPM-10:" in text and "ddim-10" in text
+    assert "Date: " in text and "train it/s" in text and "DDPM-10:" in text and "sde-dpm-10" in text
     assert "DDPM-50: " in text and "(50 steps timed)" not in text   # MNIST smoke: T = 50, timed in full

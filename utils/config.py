@@ -37,6 +37,8 @@ TRAINING_FIELDS = ("hflip", "dropout", "batch_size", "learning_rate", "lr_schedu
                    "weight_decay", "grad_clip", "min_snr_gamma", "ema_decay", "mixed_precision")
 # Of those, the ones an unfinished run may change when it resumes (e.g. a lower learning rate after a NaN stop).
 ADJUSTABLE_FIELDS = ("learning_rate", "grad_clip", "ema_decay", "mixed_precision")
+# What a checkpoint from before a field existed was trained with (not the field's new default).
+LEGACY_VALUES = {"min_snr_gamma": 0.0}     # Algorithm 1's plain loss
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -222,7 +224,7 @@ class DDPMConfig(_Folders):
     num_inference_steps: int = 50          # steps of a fast final sampler; ddpm always takes all T
     preview_sampler: str = "sde-dpm"       # fast sampler for previews (SDE-DPM-Solver++: closest to DDPM-1000 in 50 steps)
     preview_steps: int = 50                # steps for previews
-    clip_sample: bool = True               # clamp the predicted x0 to [-1, 1] while sampling
+    clip_sample: bool = True               # clamp the predicted x0 to [-1, 1] while sampling (ddpm, ddim; the DPM-Solvers never clip)
     gif_frames: int = 40                   # frames of the diffusion GIF
     # --- paths ("" = under the work dir: data/, cache/, checkpoints/<name>/, outputs/<name>/)
     run_name: str = ""                     # "" = the hand-in run; "cosine" → checkpoints/<name>-cosine/, outputs/<name>-cosine/
@@ -318,7 +320,7 @@ class AnimeConfig(DDPMConfig):
     batch_size: int = 64                   # 334 steps per epoch over the course's 21,376 faces
     num_epochs: int = 30                   # ≈ 10k steps; faces appear after ≈ 3k
     checkpoint_every: int = 1000           # steps between checkpoints (≈ 5 min on a T4, estimate)
-    preview_every: int = 1000              # fixed-noise DDIM preview every ≈ 3 epochs
+    preview_every: int = 1000              # fixed-noise preview (preview_sampler) every ≈ 3 epochs
     download: str = "kaggle"               # nothing on disk or cached: "kaggle", "huggingface", "gdown" or "" (never)
     gdown_id: str = ""                     # Google Drive file id of the course's zip (download="gdown")
     download_dir: str = ""                 # where downloads unpack ("" = data_dir); Colab: local disk, e.g. "/content/anime"
@@ -488,7 +490,7 @@ class CompareConfig(_Folders):
     fid_sampler: str = "sde-dpm"           # the DDPM's fast sampler for metrics
     fid_steps: int = 50                    # its steps
     fid_handin_samples: int = 500          # also score the hand-in sampler (when it is not the fast one) on this many
-                                           # (at most fid_num_samples; 0 = skip): DDPM-1000 costs 20× DDIM-50 per image
+                                           # (at most fid_num_samples; 0 = skip): DDPM-1000 costs 20× a 50-step sampler per image
     kid_subset_size: int = 1000            # KID: polynomial-kernel MMD² on subsets of this size (at most N)
     kid_subsets: int = 100                 # … averaged over this many subsets
     feature_extractor: str = "inception"   # "inception" (the protocol) or "random" (smoke runs: meaningless numbers)
@@ -532,11 +534,11 @@ def from_saved(saved: dict, here) -> DDPMConfig:
     ``here`` is the same kind of config made on this machine (``make_config(name, run_name=...)``): the
     saved paths belong to the machine that trained, so the folders come from ``here``, except a saved
     ``data_dir`` that exists here too. Fields this version does not know are dropped; new fields get
-    their defaults.
+    what such a checkpoint was trained with (``LEGACY_VALUES``), else their defaults.
     """
     cls = type(here)
     known = {f.name for f in dataclasses.fields(cls)}
-    values = {k: v for k, v in saved.items() if k in known}
+    values = {k: v for k, v in {**LEGACY_VALUES, **saved}.items() if k in known}
     for k in known & {"run_name", "workdir", "data_dir", "cache_dir", "checkpoint_dir", "output_dir", "download_dir",
                       "evaluator_checkpoint"}:
         keep_saved = k in ("data_dir", "download_dir", "evaluator_checkpoint") and values.get(k) and Path(values[k]).exists()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import statistics
 import time
 import warnings
 
@@ -106,52 +107,62 @@ def autocast(device: torch.device | str, mixed_precision: str = "auto"):
 
 
 class CPUThreads:
-    """All of torch's CPU threads or one, whichever steps faster now; re-checked as neighbours come and go.
+    """All of torch's CPU threads or half as many, whichever steps faster now; re-checked as neighbours come and go.
 
     Several threads split each operation and wait for each other after it. When another process holds
     one of the cores, every such wait lasts until the descheduled thread runs again: on 2 cores next
     to one busy process, the MNIST "cpu" preset trains at 1.35 it/s with 2 threads and 5.12 it/s with
     1 (benchmarks/results/cpu_threads.md; idle: 8.91 vs 5.39). So every ``every`` steps the loop runs
-    ``window`` steps with all threads, ``window`` with one, and keeps the faster until the next check.
+    ``window`` steps with all threads, ``window`` with half (``fewer``), compares the median step times
+    and keeps the faster count until the next check. A decision younger than ``remember`` seconds (from
+    an earlier loop of this process, e.g. training before sampling) is reused: the loop starts with it
+    and checks again only after ``every`` steps, so short sampling runs are not slowed by checks.
 
     Use it as ``with CPUThreads(device) as threads:`` around the loop and call ``threads.tick()`` at the
     start of every step; leaving the block restores the thread count. Does nothing off the CPU, for
     ``device=None``, or when torch has one thread (e.g. ``OMP_NUM_THREADS=1``). ``clock`` is for tests.
     """
 
-    def __init__(self, device, *, every: int = 250, window: int = 10, warmup: int = 3, clock=time.perf_counter):
-        self.all = torch.get_num_threads()
-        self.active = device is not None and torch.device(device).type == "cpu" and self.all > 1
-        self.every, self.window, self.warmup, self.clock = every, window, warmup, clock
-        self.ticks = 0
-        self.seconds: dict[int, float] = {}     # threads → seconds for the last window with that many
-        self.switched_to_one = 0                # how many checks chose one thread
+    _last: tuple[float, int] | None = None      # (time.monotonic(), threads) of this process's last decision
 
-    @property
-    def threads(self) -> int:
-        return torch.get_num_threads()
+    def __init__(self, device, *, every: int = 250, window: int = 10, warmup: int = 3, remember: float = 120.0,
+                 clock=time.perf_counter):
+        if every <= 2 * window:
+            raise ValueError(f"every={every} must exceed 2 × window = {2 * window}: a check takes 2 windows.")
+        self.all = torch.get_num_threads()
+        self.fewer = max(1, self.all // 2)
+        self.active = device is not None and torch.device(device).type == "cpu" and self.all > 1
+        self.every, self.window, self.clock = every, window, clock
+        self.ticks, self.first_check = 0, warmup
+        self.seconds: dict[int, float] = {}     # threads → median step time at the last check
+        self.switched_to_fewer = 0              # how many checks chose ``fewer`` threads
+        recent = CPUThreads._last
+        if self.active and recent is not None and time.monotonic() - recent[0] < remember:
+            torch.set_num_threads(recent[1])
+            self.first_check = every
 
     def tick(self) -> None:
         if not self.active:
             return
-        phase = self.ticks - self.warmup
+        phase, now = self.ticks - self.first_check, self.clock()
         self.ticks += 1
         if phase < 0:
             return
         phase %= self.every
+        if 0 < phase <= 2 * self.window:        # the step since the last tick ran with the count set then
+            self._steps[self.all if phase <= self.window else self.fewer].append(now - self._before)
         if phase == 0:
+            self._steps: dict[int, list[float]] = {self.all: [], self.fewer: []}
             torch.set_num_threads(self.all)
-        elif phase in (self.window, 2 * self.window):
-            threads = self.all if phase == self.window else 1
-            self.seconds[threads] = self.clock() - self._start
-            if phase == self.window:
-                torch.set_num_threads(1)
-            else:
-                one_wins = self.seconds[1] < self.seconds[self.all]
-                self.switched_to_one += one_wins
-                torch.set_num_threads(1 if one_wins else self.all)
-        if phase in (0, self.window):
-            self._start = self.clock()
+        elif phase == self.window:
+            torch.set_num_threads(self.fewer)
+        elif phase == 2 * self.window:
+            self.seconds = {n: statistics.median(times) for n, times in self._steps.items()}
+            choice = self.fewer if self.seconds[self.fewer] < self.seconds[self.all] else self.all
+            self.switched_to_fewer += choice == self.fewer
+            torch.set_num_threads(choice)
+            CPUThreads._last = (time.monotonic(), choice)
+        self._before = now
 
     def __enter__(self) -> "CPUThreads":
         return self

@@ -107,12 +107,13 @@ def min_snr_weights(timesteps: torch.Tensor, schedule: NoiseSchedule, gamma: flo
 
         w_t = min(SNR_t, γ) / SNR_t,   SNR_t = ᾱ_t / (1 − ᾱ_t)
 
-    1 for the noisy steps (SNR_t ≤ γ), smaller for the nearly clean ones, whose easy ε-loss would
-    otherwise pull the gradient away from the steps that shape the image.
+    In terms of the clean image the ε-loss is SNR_t · ‖x_0 − x̂_0‖²: the nearly clean steps weigh the
+    image error thousands of times more than the noisy ones that decide the layout. w_t caps that weight
+    at γ: 1 for the noisy steps (SNR_t ≤ γ), γ/SNR_t for the nearly clean ones.
     """
     abar = schedule.alphas_cumprod.to(timesteps.device)[timesteps]
     snr = abar / (1 - abar)
-    return snr.clamp(max=gamma) / snr
+    return (gamma / snr).clamp(max=1.0)           # = min(SNR_t, γ)/SNR_t, also 1 where ᾱ_t = 0
 
 
 def diffusion_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, labels=None,
@@ -204,9 +205,11 @@ def ddpm_step(eps: torch.Tensor, t: int, xt: torch.Tensor, schedule: NoiseSchedu
 
 def make_diffusers_scheduler(sampler: str, schedule: NoiseSchedule, *, clip_sample: bool = True):
     """A diffusers scheduler with exactly these betas: "ddpm", "ddim" (Song et al. 2021, η = 0),
-    "dpm" (DPM-Solver++ 2M, Lu et al. 2022: an ODE solver, no fresh noise) or "sde-dpm" (SDE-DPM-Solver++ 2M:
+    "dpm" (DPM-Solver++ 2M, Lu et al. 2022: an ODE solver, no fresh noise) or "sde-dpm" (SDE-DPM-Solver++ 2M,
+    the stochastic variant of DPM-Solver++ in diffusers:
     the same solver for the reverse SDE, fresh noise at every step like Algorithm 2, so it corrects the errors
     of a briefly trained network instead of following them; benchmarks/results/mnist_learnability.md).
+    ``clip_sample`` clamps the predicted x̂_0 of "ddpm" and "ddim"; the DPM-Solvers do not clip (as measured).
     Built fresh each time, never pickled."""
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 

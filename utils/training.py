@@ -68,7 +68,10 @@ def _as_tuple(v):
 
 def _differences(saved_config: dict, wanted: dict) -> list[str]:
     """``"field: checkpoint has a, config has b"`` for each field of ``wanted`` the checkpoint saved differently
-    (fields an older checkpoint did not save are not compared)."""
+    (a field an older checkpoint did not save counts as what it trained with, ``LEGACY_VALUES``, or is not compared)."""
+    from .config import LEGACY_VALUES
+
+    saved_config = {**LEGACY_VALUES, **saved_config}
     return [f"{k}: checkpoint has {_as_tuple(saved_config[k])!r}, config has {v!r}"
             for k, v in wanted.items() if k in saved_config and _as_tuple(saved_config[k]) != v]
 
@@ -495,9 +498,10 @@ def _train(model: nn.Module, loss_fn: Callable, loader, cfg, on_log, accelerator
                           "checkpoint saved. Run this cell again to continue.")
                 break
     bar.close()
-    if main and threads.switched_to_one:
-        print(f"The CPU was busy: {threads.switched_to_one} of the loop's speed checks found one thread faster than "
-              f"{threads.all}, and it trained on one until the next check (utils.devices.CPUThreads).")
+    if main and threads.switched_to_fewer:
+        print(f"The CPU was busy: {threads.switched_to_fewer} of the loop's speed checks found {threads.fewer} thread(s) "
+              f"faster than all {threads.all}, and it trained on {threads.fewer} until the next check "
+              "(utils.devices.CPUThreads).")
     return finished(stop_reason)
 
 
