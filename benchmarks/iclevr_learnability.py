@@ -146,7 +146,7 @@ def run_recipe(job: dict) -> dict:
     rows = [score(spec, w) for spec in args["sweep_samplers"] for w in args["scales"]]
     first = [r for r in rows if r["sampler"] == args["sweep_samplers"][0]]
     best_w = max(sorted(first, key=lambda r: r["w"]), key=lambda r: r["value"])["w"]
-    rows += [score(args["handin_sampler"], best_w)]
+    rows += [score(spec, best_w) for spec in args["at_best"]]
     grid = torch.cat([r["grid"] for r in rows if r["w"] == best_w])
     viz.save_grid(grid, RESULTS / f"iclevr_learnability_{name}_grid_w{best_w:g}.png", nrow=8, expected=None)
     for r in rows:
@@ -164,9 +164,10 @@ def main():
     parser.add_argument("--classifier-steps", type=int, default=300)
     parser.add_argument("--lists", type=int, default=256, help="held-out label lists: one image each per point")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--scales", default="0,1,2,3,4", help="guidance scales of the fast sweep")
-    parser.add_argument("--sweep-samplers", default="ddim-50,dpm-25", help="fast samplers swept over w (the first picks w)")
-    parser.add_argument("--handin-sampler", default="ddpm-1000", help="sampled at the best w of the first fast sampler")
+    parser.add_argument("--scales", default="0,1,2,4", help="guidance scales of the fast sweep")
+    parser.add_argument("--sweep-samplers", default="sde-dpm-50", help="fast samplers swept over w (the first picks w)")
+    parser.add_argument("--at-best", default="ddim-50,ddpm-1000",
+                        help="samplers run at the best w of the first sweep sampler (the hand-in sampler: ddpm-1000)")
     parser.add_argument("--jobs", type=int, default=2, help="recipes trained at once (one thread each)")
     parser.add_argument("--name", default="iclevr_learnability", help="result file name")
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "ddpm-iclevr-learnability"),
@@ -187,7 +188,7 @@ def main():
           f"course accuracy on {len(held_out)} held-out drawn scenes: {real.value:.3f} ({real.hits}/{real.total})")
     job_args = dict(workdir=args.workdir, steps=args.steps, budget_minutes=args.budget_minutes, batch_size=args.batch_size,
                     lists=args.lists, scales=[float(w) for w in args.scales.split(",")],
-                    sweep_samplers=args.sweep_samplers.split(","), handin_sampler=args.handin_sampler)
+                    sweep_samplers=args.sweep_samplers.split(","), at_best=args.at_best.split(","))
     jobs = [dict(recipe=r, args=job_args, classifier=classifier.state_dict()) for r in recipes]
     start = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(min(args.jobs, len(jobs))) as pool:
@@ -219,7 +220,8 @@ thread each ({wall / 60:.1f} min wall for the whole run):
 
 Each row: one image per label list of the same {len(held_out)} held-out lists ({real.total} objects), from the same
 noise, scored with `iclevr_accuracy.accuracy` (course protocol), with a rough 95 % Wilson interval over objects.
-The fast sweep picks w (the first sampler); {args.handin_sampler} samples again at that w.
+The fast sweep picks w (the first sampler); {", ".join(args.at_best.split(","))} sample again at that w.
+Every sampler clamps the predicted x̂_0 to [-1, 1] (`clip_sample`).
 
 | recipe | sampler | w | course accuracy | sampling time |
 |---|---|---|---|---|

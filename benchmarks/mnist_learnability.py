@@ -159,14 +159,14 @@ def run_recipe(job: dict) -> dict:
     schedule = diffusion.schedule_from_config(cfg)
     loss_fn = diffusion.make_loss_fn(schedule, min_snr_gamma=cfg.min_snr_gamma)
     result, train_s = train_timed(models.build_model(cfg), loss_fn, loader, cfg, progress=False)
-    viz.plot_loss(result.loss_history, RESULTS / f"mnist_learnability_{name}_loss.png", title=f"recipe {name}")
+    viz.plot_loss(result.loss_history, RESULTS / f"{args['name']}_{name}_loss.png", title=f"recipe {name}")
     rows = []
     for spec in args["samplers"]:
         start = time.perf_counter()
         images = run_sampler(result.ema_model, schedule, spec, args["samples"])
         seconds = time.perf_counter() - start
         confident, hist = judge_images(judge, images)
-        viz.save_grid(images[:25], RESULTS / f"mnist_learnability_{name}_grid_{spec}.png", nrow=5)
+        viz.save_grid(images[:25], RESULTS / f"{args['name']}_{name}_grid_{spec}.png", nrow=5)
         rows.append(dict(sampler=spec, seconds=seconds, confident=confident, hist=hist,
                          fid=judge_fid(judge, held, images)))
         print(f"[{name}] {spec}: {confident:.1%} confident, FID(judge) {rows[-1]['fid']:.2f}, {seconds:.0f} s", flush=True)
@@ -201,7 +201,7 @@ def main():
     noise = torch.rand(args.samples, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
     noise_confident, _ = judge_images(judge, noise)
     real_fid = judge_fid(judge, held[:500], held[500:])
-    job_args = dict(workdir=args.workdir, steps=args.steps, samplers=samplers, samples=args.samples)
+    job_args = dict(workdir=args.workdir, steps=args.steps, samplers=samplers, samples=args.samples, name=args.name)
     jobs = [dict(recipe=r, args=job_args, judge=judge.state_dict(), held=held) for r in recipes]
     start = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(min(args.jobs, len(jobs))) as pool:
@@ -239,8 +239,8 @@ two halves of the held-out digits (500 vs 500) are {real_fid:.2f} apart.
 |---|---|---|---|---|---|---|
 {chr(10).join(table)}
 
-Grids (first 25 of each row): `results/mnist_learnability_<recipe>_grid_<sampler>.png`; losses:
-`results/mnist_learnability_<recipe>_loss.png`.
+Grids (first 25 of each row): `results/{args.name}_<recipe>_grid_<sampler>.png`; losses:
+`results/{args.name}_<recipe>_loss.png`.
 """)
 
 

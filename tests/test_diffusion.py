@@ -219,3 +219,20 @@ def test_algorithm_2s_variance_choice_is_refused_for_a_sampler_that_does_not_use
                          variance_type="fixed_large", progress=False)
     with pytest.raises(ValueError, match="variance_type='large'"):
         diffusion.sample(tiny_model, schedule, 1, (1, 28, 28), variance_type="large", progress=False)
+
+
+@pytest.mark.parametrize("sampler", ["dpm", "sde-dpm"])
+def test_clip_sample_clamps_the_dpm_solvers_predicted_x0(sampler):
+    """On the cosine schedule ᾱ_T ≈ 0, so x̂_0 = (x_T − √(1 − ᾱ_T) ε_θ)/√ᾱ_T of the first jump is huge unless clamped."""
+    schedule = diffusion.make_schedule(1000, "squaredcos_cap_v2")
+    x, eps = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8) * 1.1
+    x0 = {}
+    for clip in (True, False):
+        scheduler = diffusion.make_diffusers_scheduler(sampler, schedule, clip_sample=clip)
+        scheduler.set_timesteps(50)
+        scheduler._step_index = 0                      # the first jump, from t = 999
+        x0[clip] = scheduler.convert_model_output(eps, sample=x)
+    assert x0[True].abs().max() <= 1.0 < x0[False].abs().max() / 100
+    inside = x0[False].abs() <= 1
+    torch.testing.assert_close(x0[True][inside], x0[False][inside])   # a clamp: values in range are kept
+    torch.testing.assert_close(x0[True], x0[False].clamp(-1, 1))

