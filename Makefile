@@ -45,6 +45,7 @@ student: setup
 
 benchmarks: setup
 	$(BIN)/python benchmarks/mnist_speed.py
+	$(BIN)/python benchmarks/cpu_threads.py
 	$(BIN)/python benchmarks/mnist_learnability.py
 
 clean:

@@ -39,7 +39,7 @@ RECIPES: dict[str, dict] = {
     "before": dict(min_snr_gamma=0.0, learning_rate=1e-3, batch_size=32, max_steps=2500, ema_decay=0.995,
                    beta_schedule="linear"),
     "after": {},
-    "minsnr5": dict(min_snr_gamma=5.0),
+    "minsnr5": dict(min_snr_gamma=5.0, learning_rate=1e-3),
     "minsnr5-lr2e-3": dict(min_snr_gamma=5.0, learning_rate=2e-3),
     "lr2e-3": dict(learning_rate=2e-3),
 }
