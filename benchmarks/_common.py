@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
+import multiprocessing
 import os
 import time
 import platform
@@ -53,3 +55,28 @@ def train_timed(model, loss_fn, loader, cfg, **kwargs):
     if result.stop_reason != "already done" or not timing.exists():
         timing.write_text(json.dumps(time.perf_counter() - start))
     return result, json.loads(timing.read_text())
+
+
+def wilson(share: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson interval of a share measured on n samples."""
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def chosen_recipes(parser, text: str, known: dict) -> list[str]:
+    """The comma-separated recipe names of ``text``; an unknown one is a usage error naming the known ones."""
+    recipes = text.split(",")
+    unknown = [r for r in recipes if r not in known]
+    if unknown:
+        parser.error(f"unknown recipe(s) {unknown}; known: {sorted(known)}")
+    return recipes
+
+
+def run_in_workers(fn, jobs: list, processes: int) -> tuple[list, float]:
+    """``fn(job)`` for every job in ``processes`` spawned worker processes (each sets its own threads);
+    returns the results in job order and the wall time in seconds."""
+    start = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(min(processes, len(jobs))) as pool:
+        results = pool.map(fn, jobs, chunksize=1)
+    return results, time.perf_counter() - start

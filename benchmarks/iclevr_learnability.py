@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import random
 import tempfile
 import time
@@ -40,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _common import RESULTS, train_timed, write_result
+from _common import RESULTS, chosen_recipes, run_in_workers, train_timed, wilson, write_result
 
 from utils import config, diffusion, iclevr_accuracy, models, viz
 from utils.data import BatchLoader, ImageSet, encode_labels, object_names
@@ -106,14 +105,6 @@ def parse_sampler(spec: str) -> tuple[str, int]:
     return name, int(steps)
 
 
-def wilson(hits: int, total: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson interval of hits/total (objects of one image are not independent: read it as a rough guide)."""
-    share = hits / total
-    centre = (share + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * (share * (1 - share) / total + z * z / (4 * total * total)) ** 0.5 / (1 + z * z / total)
-    return centre - half, centre + half
-
-
 def run_recipe(job: dict) -> dict:
     """Train one recipe (one thread); sweep w with the fast sampler(s), then DDPM-1000 at the best w."""
     torch.set_num_threads(1)
@@ -148,7 +139,7 @@ def run_recipe(job: dict) -> dict:
     best_w = max(sorted(first, key=lambda r: r["w"]), key=lambda r: r["value"])["w"]
     rows += [score(spec, best_w) for spec in args["at_best"]]
     grid = torch.cat([r["grid"] for r in rows if r["w"] == best_w])
-    viz.save_grid(grid, RESULTS / f"iclevr_learnability_{name}_grid_w{best_w:g}.png", nrow=8, expected=None)
+    viz.save_grid(grid, RESULTS / f"{args['name']}_{name}_grid_w{best_w:g}.png", nrow=8, expected=None)
     for r in rows:
         del r["grid"]
     return dict(recipe=name, overrides=RECIPES[name], steps=result.step, train_s=train_s, best_w=best_w,
@@ -173,10 +164,7 @@ def main():
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "ddpm-iclevr-learnability"),
                         help="checkpoint folder: a second run with the same recipe only samples again")
     args = parser.parse_args()
-    recipes = args.recipes.split(",")
-    unknown = [r for r in recipes if r not in RECIPES]
-    if unknown:
-        parser.error(f"unknown recipe(s) {unknown}; known: {sorted(RECIPES)}")
+    recipes = chosen_recipes(parser, args.recipes, RECIPES)
     config.seed_everything(0)
 
     start = time.perf_counter()
@@ -188,13 +176,10 @@ def main():
           f"course accuracy on {len(held_out)} held-out drawn scenes: {real.value:.3f} ({real.hits}/{real.total})")
     job_args = dict(workdir=args.workdir, steps=args.steps, budget_minutes=args.budget_minutes, batch_size=args.batch_size,
                     lists=args.lists, scales=[float(w) for w in args.scales.split(",")],
-                    sweep_samplers=args.sweep_samplers.split(","), at_best=args.at_best.split(","))
+                    sweep_samplers=args.sweep_samplers.split(","), at_best=args.at_best.split(","), name=args.name)
     jobs = [dict(recipe=r, args=job_args, classifier=classifier.state_dict()) for r in recipes]
-    start = time.perf_counter()
-    with multiprocessing.get_context("spawn").Pool(min(args.jobs, len(jobs))) as pool:
-        results = pool.map(run_recipe, jobs, chunksize=1)
-    wall = time.perf_counter() - start
-    viz.save_grid(held_out.images[:8].float() / 127.5 - 1, RESULTS / "iclevr_learnability_real.png", nrow=8, expected=None)
+    results, wall = run_in_workers(run_recipe, jobs, args.jobs)
+    viz.save_grid(held_out.images[:8].float() / 127.5 - 1, RESULTS / f"{args.name}_real.png", nrow=8, expected=None)
     name_of = object_names()  # index in the multi-hot vector → name
     shown_names = [", ".join(name_of[j] for j in row.nonzero().flatten().tolist()) for row in held_out.labels[:8]]
 
@@ -202,10 +187,10 @@ def main():
     for res in results:
         lines.append(f"**{res['recipe']}** ({json.dumps(res['overrides'])}): {res['params'] / 1e6:.2f} M parameters, "
                      f"{res['steps']} steps of batch {args.batch_size} in {res['train_s'] / 60:.1f} min, final loss ≈ "
-                     f"{res['loss_end']:.4f}; grid `results/iclevr_learnability_{res['recipe']}_grid_w{res['best_w']:g}.png` "
+                     f"{res['loss_end']:.4f}; grid `results/{args.name}_{res['recipe']}_grid_w{res['best_w']:g}.png` "
                      f"(rows: {', '.join(res['samplers'])} at w = {res['best_w']:g}).")
         for r in res["rows"]:
-            lo, hi = wilson(r["hits"], r["total"])
+            lo, hi = wilson(r["hits"] / r["total"], r["total"])    # objects of one image are not independent: rough
             table.append(f"| {res['recipe']} | {r['sampler']} | {r['w']:g} | **{r['value']:.3f}** ({lo:.3f}–{hi:.3f}) | "
                          f"{r['seconds']:.0f} s |")
     write_result(args.name, f"""
@@ -228,7 +213,7 @@ Every sampler clamps the predicted x̂_0 to [-1, 1] (`clip_sample`).
 {chr(10).join(table)}
 
 Grid columns, the label lists: {" | ".join(shown_names)}. The real drawn scenes for them:
-`results/iclevr_learnability_real.png`.
+`results/{args.name}_real.png`.
 """)
 
 

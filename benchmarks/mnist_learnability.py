@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import multiprocessing
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from _common import RESULTS, train_timed, write_result
+from _common import RESULTS, chosen_recipes, run_in_workers, train_timed, wilson, write_result
 from torch import nn
 
 from utils import config, data, diffusion, fid, models, viz
@@ -98,13 +96,6 @@ def judge_images(judge: nn.Module, images: torch.Tensor) -> tuple[float, list[in
 def judge_fid(judge: Judge, real: torch.Tensor, fake: torch.Tensor) -> float:
     """Fréchet distance between the judge's hidden features of real and generated digits."""
     return fid.frechet_distance(judge.features(real.clamp(-1, 1)).double(), judge.features(fake.clamp(-1, 1)).double())
-
-
-def wilson(share: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson interval of a share measured on n samples."""
-    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
 
 
 def screening_scheduler(name: str, schedule):
@@ -189,10 +180,7 @@ def main():
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "ddpm-mnist-learnability"),
                         help="checkpoint folder: a second run with the same recipe only samples again")
     args = parser.parse_args()
-    recipes = args.recipes.split(",")
-    unknown = [r for r in recipes if r not in RECIPES]
-    if unknown:
-        parser.error(f"unknown recipe(s) {unknown}; known: {sorted(RECIPES)}")
+    recipes = chosen_recipes(parser, args.recipes, RECIPES)
     samplers = args.samplers.split(",")
 
     digits = data.offline_sample()
@@ -203,10 +191,7 @@ def main():
     real_fid = judge_fid(judge, held[:500], held[500:])
     job_args = dict(workdir=args.workdir, steps=args.steps, samplers=samplers, samples=args.samples, name=args.name)
     jobs = [dict(recipe=r, args=job_args, judge=judge.state_dict(), held=held) for r in recipes]
-    start = time.perf_counter()
-    with multiprocessing.get_context("spawn").Pool(min(args.jobs, len(jobs))) as pool:
-        results = pool.map(run_recipe, jobs, chunksize=1)
-    wall = time.perf_counter() - start
+    results, wall = run_in_workers(run_recipe, jobs, args.jobs)
 
     lines = []
     for res in results:
