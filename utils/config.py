@@ -286,7 +286,7 @@ class MNISTConfig(DDPMConfig):
     PRESETS: ClassVar[dict[str, dict]] = {
         # `make demo`: 4.7 min end to end on 2 idle CPU cores (training 3.9 min, 2026-11-25); a busy
         # neighbour makes the loop drop to one thread (devices.CPUThreads). Recognisable digits of every class
-        # (benchmarks/results/mnist_learnability.md: 60 % of 500 DDPM-1000 samples judged confidently, 59 %
+        # (benchmarks/results/mnist_learnability*.md: 60 % of 500 DDPM-1000 samples judged confidently, 60 %
         # with the 50-step SDE-DPM-Solver++; lr 1e-3 gave 49 %). Small batches: on a CPU a step costs in
         # proportion to the batch, and more, smaller steps learn faster. lr 2e-3 is for this small model.
         "cpu": dict(block_out_channels=(16, 32, 64), layers_per_block=1, norm_num_groups=8,
