@@ -28,6 +28,7 @@ from _common import RESULTS, chosen_recipes, run_in_workers, train_timed, wilson
 from torch import nn
 
 from utils import config, data, diffusion, fid, models, viz
+from utils.devices import model_device
 
 CONFIDENT = 0.9
 
@@ -126,11 +127,12 @@ def run_sampler(model, schedule, spec: str, num: int, seed: int = 1, batch: int 
         scheduler, extra = screening_scheduler(name, schedule)
         scheduler.set_timesteps(steps)
         gen = torch.Generator().manual_seed(seed + i)
-        x = torch.randn((n, 1, 28, 28), generator=gen)
+        device = model_device(model) or torch.device("cpu")     # x_t lives where ε_θ comes out
+        x = torch.randn((n, 1, 28, 28), generator=gen).to(device)
         for t in scheduler.timesteps:
-            eps = diffusion.guided_noise(model, x, t[None], None, 1.0)
+            eps = diffusion.guided_noise(model, x, t[None].to(device), None, 1.0)
             x = scheduler.step(eps, t, x, generator=gen, **extra).prev_sample
-        out.append(x.clamp(-1, 1))
+        out.append(x.clamp(-1, 1).cpu())
     return torch.cat(out)
 
 
