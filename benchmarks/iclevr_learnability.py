@@ -143,6 +143,7 @@ def run_recipe(job: dict) -> dict:
     for r in rows:
         del r["grid"]
     return dict(recipe=name, overrides=RECIPES[name], steps=result.step, train_s=train_s, best_w=best_w,
+                reused=result.stop_reason == "already done",
                 params=models.count_parameters(model), loss_end=float(np.mean(result.loss_history[-50:])), rows=rows,
                 samplers=[r["sampler"] for r in rows if r["w"] == best_w])
 
@@ -186,7 +187,9 @@ def main():
     lines, table = [], []
     for res in results:
         lines.append(f"**{res['recipe']}** ({json.dumps(res['overrides'])}): {res['params'] / 1e6:.2f} M parameters, "
-                     f"{res['steps']} steps of batch {args.batch_size} in {res['train_s'] / 60:.1f} min, final loss ≈ "
+                     f"{res['steps']} steps of batch {args.batch_size} in {res['train_s'] / 60:.1f} min"
+                     f"{' (an earlier run of this script with the same settings: its checkpoint was reused)' if res['reused'] else ''}"
+                     f", final loss ≈ "
                      f"{res['loss_end']:.4f}; grid `results/{args.name}_{res['recipe']}_grid_w{res['best_w']:g}.png` "
                      f"(rows: {', '.join(res['samplers'])} at w = {res['best_w']:g}).")
         for r in res["rows"]:
@@ -199,7 +202,7 @@ sigmoid head, {args.classifier_steps} steps; course accuracy on the {len(held_ou
 **{real.value:.3f}** ({real.hits}/{real.total}). Chance ≈ 0.083.
 
 Conditional DDPMs (condition dropout 0.1), trained at the same time in {min(args.jobs, len(jobs))} processes of one
-thread each ({wall / 60:.1f} min wall for the whole run):
+thread each ({wall / 60:.1f} min wall for this run's training and sampling):
 
 {chr(10).join('- ' + line for line in lines)}
 
