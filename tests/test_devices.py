@@ -296,15 +296,41 @@ def test_cpu_threads_keeps_the_faster_thread_count_and_restores_it(four_threads,
     # busy: a slow outlier step inside the "fewer" window must not hide that fewer threads are faster
     clock = _FakeClock({4: 1.0, 2: 0.25} if busy else {4: 0.5, 2: 1.0}, slow_steps={3} if not busy else {9})
     with devices.CPUThreads("cpu", every=50, window=5, warmup=2, clock=clock) as tuner:
-        used = _run(tuner, clock, 100)
+        used = _run(tuner, clock, 120)
     assert used[:2] == [4, 4]                     # warm-up steps keep the threads torch has
     assert used[2:7] == [4] * 5 and used[7:12] == [2] * 5          # the check: 5 steps with all, 5 with half
     chosen = 2 if busy else 4
-    assert set(used[12:52]) == {chosen}           # the faster count until the next check
-    assert used[52:57] == [4] * 5 and used[57:62] == [2] * 5
+    next_check = 2 + (100 if busy else 50)        # fewer threads won: twice as long until the next check
+    assert set(used[12:next_check]) == {chosen}   # the faster count until the next check
+    assert used[next_check:next_check + 5] == [4] * 5 and used[next_check + 5:next_check + 10] == [2] * 5
     assert tuner.switched_to_fewer == (2 if busy else 0)
     assert tuner.seconds == ({4: 1.0, 2: 0.25} if busy else {4: 0.5, 2: 1.0})   # medians: the outlier is ignored
     assert torch.get_num_threads() == 4           # restored on leaving the block
+
+
+class _NeighbourLeaves(_FakeClock):
+    """Busy (fewer threads faster) for the first ``busy_steps`` steps, idle (all threads faster) after."""
+
+    def __init__(self, busy_steps: int):
+        super().__init__({4: 1.0, 2: 0.25})
+        self.busy_steps = busy_steps
+
+    def run_step(self):
+        if self.steps == self.busy_steps:
+            self.seconds_per_step = {4: 0.5, 2: 1.0}
+        super().run_step()
+
+
+def test_checks_back_off_while_fewer_threads_win_and_resume_when_all_win(four_threads):
+    clock = _NeighbourLeaves(busy_steps=200)
+    with devices.CPUThreads("cpu", every=20, longest=80, window=2, warmup=0, clock=clock) as tuner:
+        used = _run(tuner, clock, 270)
+    starts = lambda threads, lo, hi: [i for i in range(lo, hi) if used[i] == threads and used[i - 1] != threads]
+    # busy: the all-thread windows of the checks, 40 then 80 steps apart (doubling, capped at `longest`)
+    assert used[0] == 4 and starts(4, 1, 200) == [40, 120]
+    # the check at 200 finds all threads faster again: back to one every 20 steps (its fewer-thread windows)
+    assert starts(2, 201, 270) == [202, 222, 242, 262]
+    assert set(used[204:222]) == {4}
 
 
 def test_a_recent_decision_is_reused_without_a_new_check(four_threads):

@@ -111,12 +111,15 @@ class CPUThreads:
 
     Several threads split each operation and wait for each other after it. When another process holds
     one of the cores, every such wait lasts until the descheduled thread runs again: on 2 cores next
-    to one busy process, the MNIST "cpu" preset trains at 1.35 it/s with 2 threads and 5.12 it/s with
-    1 (benchmarks/results/cpu_threads.md; idle: 8.91 vs 5.39). So every ``every`` steps the loop runs
-    ``window`` steps with all threads, ``window`` with half (``fewer``), compares the median step times
-    and keeps the faster count until the next check. A decision younger than ``remember`` seconds (from
-    an earlier loop of this process, e.g. training before sampling) is reused: the loop starts with it
-    and checks again only after ``every`` steps, so short sampling runs are not slowed by checks.
+    to one busy process, the MNIST "cpu" preset trains at 0.45–1.35 it/s with 2 threads and 5 it/s with
+    1 (benchmarks/results/cpu_threads.md; idle: 8.3–8.9 vs 5.0–5.4). So the loop runs ``window`` steps
+    with all threads, ``window`` with half (``fewer``), compares the median step times and keeps the
+    faster count until the next check, ``every`` steps after this one. Checking is cheap when all threads
+    win (the ``fewer`` window is at most ~2× slower) but costly when a neighbour makes them lose (up to
+    10× per step), so each check that picks ``fewer`` doubles the distance to the next one, up to
+    ``longest``; a check that picks all threads resets it to ``every``. A decision younger than
+    ``remember`` seconds (from an earlier loop of this process, e.g. training before sampling) is
+    reused: the loop starts with it and checks only after ``every`` steps, so short sampling runs pay nothing.
 
     Use it as ``with CPUThreads(device) as threads:`` around the loop and call ``threads.tick()`` at the
     start of every step; leaving the block restores the thread count. Does nothing off the CPU, for
@@ -125,30 +128,30 @@ class CPUThreads:
 
     _last: tuple[float, int] | None = None      # (time.monotonic(), threads) of this process's last decision
 
-    def __init__(self, device, *, every: int = 250, window: int = 10, warmup: int = 3, remember: float = 120.0,
-                 clock=time.perf_counter):
-        if every <= 2 * window:
-            raise ValueError(f"every={every} must exceed 2 × window = {2 * window}: a check takes 2 windows.")
+    def __init__(self, device, *, every: int = 250, longest: int = 2000, window: int = 5, warmup: int = 3,
+                 remember: float = 120.0, clock=time.perf_counter):
+        if every <= 2 * window or longest < every:
+            raise ValueError(f"every={every} must exceed 2 × window = {2 * window} (a check takes 2 windows) "
+                             f"and longest={longest} must be at least every.")
         self.all = torch.get_num_threads()
         self.fewer = max(1, self.all // 2)
         self.active = device is not None and torch.device(device).type == "cpu" and self.all > 1
-        self.every, self.window, self.clock = every, window, clock
-        self.ticks, self.first_check = 0, warmup
+        self.every, self.longest, self.window, self.clock = every, longest, window, clock
+        self.ticks, self.check_at, self.gap = 0, warmup, every   # the next check starts at tick ``check_at``
         self.seconds: dict[int, float] = {}     # threads → median step time at the last check
         self.switched_to_fewer = 0              # how many checks chose ``fewer`` threads
         recent = CPUThreads._last
         if self.active and recent is not None and time.monotonic() - recent[0] < remember:
             torch.set_num_threads(recent[1])
-            self.first_check = every
+            self.check_at = every
 
     def tick(self) -> None:
         if not self.active:
             return
-        phase, now = self.ticks - self.first_check, self.clock()
+        phase, now = self.ticks - self.check_at, self.clock()
         self.ticks += 1
         if phase < 0:
             return
-        phase %= self.every
         if 0 < phase <= 2 * self.window:        # the step since the last tick ran with the count set then
             self._steps[self.all if phase <= self.window else self.fewer].append(now - self._before)
         if phase == 0:
@@ -162,6 +165,8 @@ class CPUThreads:
             self.switched_to_fewer += choice == self.fewer
             torch.set_num_threads(choice)
             CPUThreads._last = (time.monotonic(), choice)
+            self.gap = min(2 * self.gap, self.longest) if choice == self.fewer else self.every
+            self.check_at += self.gap
         self._before = now
 
     def __enter__(self) -> "CPUThreads":
