@@ -8,13 +8,14 @@ variants of classifier-free guidance with the same sampler, noise and 256 held-o
 - CFG rescale φ (Lin et al. 2024, §3.4; diffusers ``rescale_noise_cfg``): the guided ε is scaled to the
   per-image standard deviation of ε_c, then mixed back: ε ← φ · ε·std(ε_c)/std(ε) + (1 − φ) · ε
 - guidance interval (Kynkäänniemi et al. 2024): guidance only where σ_lo < σ_t ≤ σ_hi, σ_t = √((1−ᾱ_t)/ᾱ_t);
-  elsewhere plain conditional ε_c (w = 1)
+  elsewhere plain conditional ε_c (w = 1). Their interval (0.28, 5.42] was tuned for EDM2's latents
+  (σ_data = 0.5); applied to 32×32 pixels here as it is, a heuristic starting point, not a tuned one.
 
 Each row has the course accuracy with a rough 95 % Wilson interval over objects, and its paired difference
-from the first row (same lists, same noise) with a 95 % bootstrap interval over label lists: the sharper
-test of "does it help".
+from the first row (same lists, same starting noise x_T; with another step count the solver's own noise
+differs) with a 95 % bootstrap interval over label lists: the sharper test of "does it help".
 
-    .venv/bin/python benchmarks/iclevr_learnability.py          # first: trains the models (≈ 1.5 h)
+    .venv/bin/python benchmarks/iclevr_learnability.py          # first: trains the models (≈ 2 h)
     .venv/bin/python benchmarks/iclevr_guidance_tricks.py       # then: ≈ 15 min on 2 cores
 
 Results, with machine and date: benchmarks/results/iclevr_guidance_tricks.md.
@@ -136,9 +137,12 @@ def main():
         parser.error(f"unknown recipe {args.recipe!r}; known: {sorted(RECIPES)}")
     cfg = diffusion_config(args.workdir, args.steps, 90.0, args.batch_size, run_name=args.recipe, **RECIPES[args.recipe])
     checkpoint = training.checkpoint_path(cfg.checkpoint_dir)
-    if not checkpoint.exists() or training.load_checkpoint(checkpoint, cfg)["step"] < args.steps:
-        parser.error(f"no checkpoint of recipe {args.recipe!r} at step {args.steps} in {checkpoint}: run "
-                     f"`python benchmarks/iclevr_learnability.py --workdir {args.workdir}` first (it trains it).")
+    found = training.load_checkpoint(checkpoint, cfg)["step"] if checkpoint.exists() else None
+    if found != args.steps:
+        parser.error(f"recipe {args.recipe!r} needs a checkpoint at step {args.steps} in {checkpoint}; found "
+                     f"{'none' if found is None else f'step {found}'}. Run `python benchmarks/iclevr_learnability.py "
+                     f"--recipes {args.recipe} --steps {args.steps} --workdir {args.workdir}` first (it trains it), "
+                     "or pass the --steps it was trained for.")
 
     torch.manual_seed(0)
     train, held_out = draw_set(6000, seed=1), draw_set(args.lists, seed=2)
@@ -163,7 +167,7 @@ def main():
         table.append(f"| {res['variant']} | {what} | {spec} | **{value:.3f}** ({lo:.3f}–{hi:.3f}) | {diff:+.3f} ({dlo:+.3f} … {dhi:+.3f}) "
                      f"| {res['seconds']:.0f} s |")
     write_result(args.name, f"""
-`python benchmarks/iclevr_guidance_tricks.py --recipe {args.recipe}`: the iCLEVR proxy's "{args.recipe}" model
+`python benchmarks/iclevr_guidance_tricks.py --recipe {args.recipe} --workdir {args.workdir}`: the iCLEVR proxy's "{args.recipe}" model
 ({json_overrides(args.recipe)}, {args.steps} steps, trained by `iclevr_learnability.py`), {len(held_out)} held-out
 label lists ({int(objects.sum())} objects), one image each from the same noise (seed 0). Classifier: course accuracy
 {real.value:.3f} on the real drawn scenes. {len(jobs)} variants in {args.jobs} one-thread processes, {wall / 60:.1f} min.

@@ -15,7 +15,7 @@ pipeline on procedurally drawn scenes.
 
 Conditioning works when accuracy rises from w = 0 (chance level for this label mix) to w ≥ 1.
 
-    .venv/bin/python benchmarks/iclevr_learnability.py            # before/after, 8,000 steps: ≈ 1.5 h on 2 CPU cores
+    .venv/bin/python benchmarks/iclevr_learnability.py            # before/after, 8,000 steps: ≈ 2 h on 2 CPU cores
     .venv/bin/python benchmarks/iclevr_learnability.py --steps 300 --lists 64 --recipes after  # a quick, weak check
 
 Results, with machine and date: benchmarks/results/iclevr_learnability.md, and per recipe a grid of the

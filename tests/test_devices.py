@@ -338,8 +338,9 @@ def test_a_recent_decision_is_reused_without_a_new_check(four_threads):
     with devices.CPUThreads("cpu", every=50, window=5, warmup=2, clock=clock) as tuner:
         _run(tuner, clock, 20)
     with devices.CPUThreads("cpu", every=50, window=5, warmup=2, clock=clock) as tuner:   # e.g. sampling after training
-        used = _run(tuner, clock, 60)
-    assert set(used[:50]) == {2} and used[50:55] == [4] * 5          # starts with the decision, checks after `every`
+        used = _run(tuner, clock, 110)
+    # starts with the decision and its distance to the next check (fewer threads won: 2 × every)
+    assert set(used[:100]) == {2} and used[100:105] == [4] * 5
     with devices.CPUThreads("cpu", every=50, window=5, warmup=2, remember=0.0, clock=clock) as tuner:
         assert _run(tuner, clock, 3)[2] == 4                          # too old: checks first
 

@@ -4,7 +4,7 @@
 * The **model's device is the one truth**: every helper that takes a model (the loss, the samplers,
   the evaluator, the previews, the widgets) moves what it receives or creates to ``model_device(model)``,
   so a batch on the GPU and a model on the CPU (or the reverse) cannot meet in one operation.
-* ``CPUThreads``: on a shared CPU, the loops use all threads or one, whichever steps faster now.
+* ``CPUThreads``: on a shared CPU, the loops use all threads or half as many, whichever steps faster now.
 * The precision rule (``resolve_mixed_precision``): bf16 only where the GPU computes it natively
   (compute capability ≥ 8.0: A100, L4, H100…), fp16 with a grad scaler on older GPUs (T4, V100),
   fp32 on CPU and MPS unless asked. Sampling runs under the same rule (``autocast``).
@@ -111,22 +111,24 @@ class CPUThreads:
 
     Several threads split each operation and wait for each other after it. When another process holds
     one of the cores, every such wait lasts until the descheduled thread runs again: on 2 cores next
-    to one busy process, the MNIST "cpu" preset trains at 0.45–1.35 it/s with 2 threads and 5 it/s with
-    1 (benchmarks/results/cpu_threads.md; idle: 8.3–8.9 vs 5.0–5.4). So the loop runs ``window`` steps
+    to one busy process, the MNIST "cpu" preset trains at 0.38–1.35 it/s with 2 threads and 4.8–5.1 it/s
+    with 1 (benchmarks/results/cpu_threads.md; idle: 7.9–8.9 vs 4.9–5.4). So the loop runs ``window`` steps
     with all threads, ``window`` with half (``fewer``), compares the median step times and keeps the
     faster count until the next check, ``every`` steps after this one. Checking is cheap when all threads
     win (the ``fewer`` window is at most ~2× slower) but costly when a neighbour makes them lose (up to
-    10× per step), so each check that picks ``fewer`` doubles the distance to the next one, up to
-    ``longest``; a check that picks all threads resets it to ``every``. A decision younger than
-    ``remember`` seconds (from an earlier loop of this process, e.g. training before sampling) is
-    reused: the loop starts with it and checks only after ``every`` steps, so short sampling runs pay nothing.
+    13× per step), so each check that picks ``fewer`` doubles the distance to the next one, up to
+    ``longest``; a check that picks all threads resets it to ``every``. The price: when the neighbour
+    leaves, the loop may run up to ``longest`` steps on ``fewer`` threads (≈ 1.6× slower on 2 idle cores)
+    before it notices. A decision younger than ``remember`` seconds (from an earlier loop of this process,
+    e.g. training before sampling) is reused with its distance to the next check, so short sampling runs
+    pay nothing.
 
     Use it as ``with CPUThreads(device) as threads:`` around the loop and call ``threads.tick()`` at the
     start of every step; leaving the block restores the thread count. Does nothing off the CPU, for
     ``device=None``, or when torch has one thread (e.g. ``OMP_NUM_THREADS=1``). ``clock`` is for tests.
     """
 
-    _last: tuple[float, int] | None = None      # (time.monotonic(), threads) of this process's last decision
+    _last: tuple[float, int, int] | None = None  # (time.monotonic(), threads, gap): this process's last decision
 
     def __init__(self, device, *, every: int = 250, longest: int = 2000, window: int = 5, warmup: int = 3,
                  remember: float = 120.0, clock=time.perf_counter):
@@ -142,8 +144,10 @@ class CPUThreads:
         self.switched_to_fewer = 0              # how many checks chose ``fewer`` threads
         recent = CPUThreads._last
         if self.active and recent is not None and time.monotonic() - recent[0] < remember:
-            torch.set_num_threads(recent[1])
-            self.check_at = every
+            _, threads, gap = recent
+            self.gap = min(max(gap, every), longest)
+            torch.set_num_threads(threads)
+            self.check_at = self.gap
 
     def tick(self) -> None:
         if not self.active:
@@ -164,9 +168,9 @@ class CPUThreads:
             choice = self.fewer if self.seconds[self.fewer] < self.seconds[self.all] else self.all
             self.switched_to_fewer += choice == self.fewer
             torch.set_num_threads(choice)
-            CPUThreads._last = (time.monotonic(), choice)
             self.gap = min(2 * self.gap, self.longest) if choice == self.fewer else self.every
             self.check_at += self.gap
+            CPUThreads._last = (time.monotonic(), choice, self.gap)
         self._before = now
 
     def __enter__(self) -> "CPUThreads":
