@@ -345,6 +345,30 @@ def test_a_recent_decision_is_reused_without_a_new_check(four_threads):
         assert _run(tuner, clock, 3)[2] == 4                          # too old: checks first
 
 
+def test_a_decision_counts_from_the_end_of_the_loop_it_was_in_force_in(four_threads, monkeypatch):
+    clock, now = _FakeClock({4: 1.0, 2: 0.25}), [0.0]
+    monkeypatch.setattr(devices.time, "monotonic", lambda: now[0])
+    with devices.CPUThreads("cpu", every=50, longest=50, window=5, warmup=2, clock=clock) as tuner:
+        _run(tuner, clock, 40)                    # decided at step 12 (t = 0), in force until the end
+        now[0] = 600.0                            # a long training run: the decision is 10 min old at its end
+    now[0] = 630.0
+    with devices.CPUThreads("cpu", every=50, longest=50, window=5, warmup=2, remember=120.0, clock=clock) as tuner:
+        assert set(_run(tuner, clock, 50)) == {2}  # 30 s after that loop ended: reused, no check yet
+
+
+def test_per_forward_ticks_once_per_call_of_the_model_and_removes_its_hook(four_threads):
+    clock = _FakeClock({4: 1.0, 2: 0.25})
+    model, used = torch.nn.Linear(2, 2), []
+    with devices.CPUThreads.per_forward(model, every=50, window=5, warmup=2, clock=clock) as tuner:
+        for _ in range(30):                       # a hand-written loop: one forward per step
+            model(torch.zeros(1, 2))
+            used.append(torch.get_num_threads())
+            clock.run_step()
+    assert used[2:7] == [4] * 5 and used[7:12] == [2] * 5 and set(used[12:]) == {2}
+    assert tuner.ticks == 30 and tuner.switched_to_fewer == 1
+    assert not model._forward_pre_hooks and torch.get_num_threads() == 4    # hook removed, threads restored
+
+
 def test_cpu_threads_does_nothing_off_the_cpu_or_with_one_thread(four_threads):
     clock = _FakeClock({4: 1.0, 2: 0.1, 1: 0.1})
     for device in (None, "meta"):

@@ -120,8 +120,8 @@ class CPUThreads:
     ``longest``; a check that picks all threads resets it to ``every``. The price: when the neighbour
     leaves, the loop may run up to ``longest`` steps on ``fewer`` threads (≈ 1.6× slower on 2 idle cores)
     before it notices. A decision younger than ``remember`` seconds (from an earlier loop of this process,
-    e.g. training before sampling) is reused with its distance to the next check, so short sampling runs
-    pay nothing.
+    e.g. training before sampling; counted from the end of that loop, where it was still in force) is
+    reused with its distance to the next check, so short sampling runs pay nothing.
 
     Use it as ``with CPUThreads(device) as threads:`` around the loop and call ``threads.tick()`` at the
     start of every step; leaving the block restores the thread count. Does nothing off the CPU, for
@@ -142,11 +142,12 @@ class CPUThreads:
         self.ticks, self.check_at, self.gap = 0, warmup, every   # the next check starts at tick ``check_at``
         self.seconds: dict[int, float] = {}     # threads → median step time at the last check
         self.switched_to_fewer = 0              # how many checks chose ``fewer`` threads
+        self.choice: int | None = None          # the thread count in force between checks
         recent = CPUThreads._last
         if self.active and recent is not None and time.monotonic() - recent[0] < remember:
-            _, threads, gap = recent
+            _, self.choice, gap = recent
             self.gap = min(max(gap, every), longest)
-            torch.set_num_threads(threads)
+            torch.set_num_threads(self.choice)
             self.check_at = self.gap
 
     def tick(self) -> None:
@@ -165,17 +166,32 @@ class CPUThreads:
             torch.set_num_threads(self.fewer)
         elif phase == 2 * self.window:
             self.seconds = {n: statistics.median(times) for n, times in self._steps.items()}
-            choice = self.fewer if self.seconds[self.fewer] < self.seconds[self.all] else self.all
-            self.switched_to_fewer += choice == self.fewer
-            torch.set_num_threads(choice)
-            self.gap = min(2 * self.gap, self.longest) if choice == self.fewer else self.every
+            self.choice = self.fewer if self.seconds[self.fewer] < self.seconds[self.all] else self.all
+            self.switched_to_fewer += self.choice == self.fewer
+            torch.set_num_threads(self.choice)
+            self.gap = min(2 * self.gap, self.longest) if self.choice == self.fewer else self.every
             self.check_at += self.gap
-            CPUThreads._last = (time.monotonic(), choice, self.gap)
+            CPUThreads._last = (time.monotonic(), self.choice, self.gap)
         self._before = now
+
+    @classmethod
+    @contextlib.contextmanager
+    def per_forward(cls, model: torch.nn.Module, **kwargs):
+        """``CPUThreads`` for a loop written by hand (notebook 01's ``sample_by_hand``): it ticks once per call
+        of ``model``, so each network evaluation counts as a step. ``with CPUThreads.per_forward(model): ...``;
+        ``kwargs`` as for ``CPUThreads``. Do not call the library's loops inside (they have their own)."""
+        with cls(model_device(model), **kwargs) as threads:
+            handle = model.register_forward_pre_hook(lambda module, args: threads.tick())
+            try:
+                yield threads
+            finally:
+                handle.remove()
 
     def __enter__(self) -> "CPUThreads":
         return self
 
     def __exit__(self, *exc) -> None:
         if self.active:
+            if self.choice is not None:         # still in force at the end of the loop: the next loop starts from it
+                CPUThreads._last = (time.monotonic(), self.choice, self.gap)
             torch.set_num_threads(self.all)
