@@ -4,7 +4,7 @@ CPUThreads (the training loop's: it checks which of 2 threads or 1 is faster now
 next check), on idle cores and next to 1 or 2 busy neighbours (pure-Python spin loops, like another job on a
 shared machine).
 
-Run: python benchmarks/cpu_threads.py [--steps N] [--tuned-steps N]   (≈ 12 min on 2 cores)
+Run: python benchmarks/cpu_threads.py [--steps N] [--tuned-steps N]   (≈ 15 min on 2 cores)
 Writes benchmarks/results/cpu_threads.md.
 """
 

@@ -8,6 +8,7 @@ The tests hold on both: each puts a model on DEVICE and hands the helper tensors
 
 import contextlib
 import os
+import types
 
 import pytest
 import torch
@@ -338,27 +339,44 @@ def test_a_recent_decision_is_reused_without_a_new_check(four_threads):
     with devices.CPUThreads("cpu", every=50, window=5, warmup=2, clock=clock) as tuner:
         _run(tuner, clock, 20)
     with devices.CPUThreads("cpu", every=50, window=5, warmup=2, clock=clock) as tuner:   # e.g. sampling after training
-        used = _run(tuner, clock, 110)
-    # starts with the decision and its distance to the next check (fewer threads won: 2 × every)
-    assert set(used[:100]) == {2} and used[100:105] == [4] * 5
+        used = _run(tuner, clock, 100)
+    # starts with the decision; the next check stays due where it was: step 2 + 2 × every of the first loop,
+    # 20 steps of which ran there
+    assert set(used[:82]) == {2} and used[82:87] == [4] * 5
     with devices.CPUThreads("cpu", every=50, window=5, warmup=2, remember=0.0, clock=clock) as tuner:
         assert _run(tuner, clock, 3)[2] == 4                          # too old: checks first
 
 
 def test_a_decision_counts_from_the_end_of_the_loop_it_was_in_force_in(four_threads, monkeypatch):
     clock, now = _FakeClock({4: 1.0, 2: 0.25}), [0.0]
-    monkeypatch.setattr(devices.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(devices, "time", types.SimpleNamespace(monotonic=lambda: now[0]))   # devices' clock only
     with devices.CPUThreads("cpu", every=50, longest=50, window=5, warmup=2, clock=clock) as tuner:
-        _run(tuner, clock, 40)                    # decided at step 12 (t = 0), in force until the end
+        _run(tuner, clock, 40)                    # decided at step 12 (t = 0), next check due at step 52
         now[0] = 600.0                            # a long training run: the decision is 10 min old at its end
     now[0] = 630.0
     with devices.CPUThreads("cpu", every=50, longest=50, window=5, warmup=2, remember=120.0, clock=clock) as tuner:
-        assert set(_run(tuner, clock, 50)) == {2}  # 30 s after that loop ended: reused, no check yet
+        used = _run(tuner, clock, 20)             # 30 s after that loop ended: reused; the check is due 12 steps in
+    assert set(used[:12]) == {2} and used[12:17] == [4] * 5
+
+
+def test_a_chain_of_short_loops_still_checks_and_a_loop_left_mid_check_checks_first(four_threads):
+    clock = _FakeClock({4: 1.0, 2: 0.25})
+    kwargs = dict(every=50, longest=50, window=5, warmup=2, clock=clock)
+    used = []
+    for _ in range(4):                            # 4 loops of 20 steps: the check at 2, then the one due at 52
+        with devices.CPUThreads("cpu", **kwargs) as tuner:
+            used += _run(tuner, clock, 20)
+    assert used[2:7] == [4] * 5 and set(used[12:52]) == {2} and used[52:57] == [4] * 5
+    devices.CPUThreads._last = None
+    with devices.CPUThreads("cpu", **kwargs) as tuner:
+        _run(tuner, clock, 55)                    # decided at 12; left 3 steps into the check due at 52
+    with devices.CPUThreads("cpu", **kwargs) as tuner:
+        assert _run(tuner, clock, 8)[2:7] == [4] * 5   # the interrupted check runs again, right after the warm-up
 
 
 def test_per_forward_ticks_once_per_call_of_the_model_and_removes_its_hook(four_threads):
     clock = _FakeClock({4: 1.0, 2: 0.25})
-    model, used = torch.nn.Linear(2, 2), []
+    model, used = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU(), torch.nn.Linear(2, 2)), []
     with devices.CPUThreads.per_forward(model, every=50, window=5, warmup=2, clock=clock) as tuner:
         for _ in range(30):                       # a hand-written loop: one forward per step
             model(torch.zeros(1, 2))
@@ -367,6 +385,13 @@ def test_per_forward_ticks_once_per_call_of_the_model_and_removes_its_hook(four_
     assert used[2:7] == [4] * 5 and used[7:12] == [2] * 5 and set(used[12:]) == {2}
     assert tuner.ticks == 30 and tuner.switched_to_fewer == 1
     assert not model._forward_pre_hooks and torch.get_num_threads() == 4    # hook removed, threads restored
+    with pytest.raises(NotImplementedError):     # the student edition's stub: hook and threads cleaned up all the same
+        with devices.CPUThreads.per_forward(model, every=50, window=5, warmup=2, clock=clock):
+            model(torch.zeros(1, 2))
+            raise NotImplementedError
+    assert not model._forward_pre_hooks and torch.get_num_threads() == 4
+    with devices.CPUThreads.per_forward(model.to("meta")) as tuner:   # off the CPU (the model's device): inactive
+        assert not tuner.active
 
 
 def test_cpu_threads_does_nothing_off_the_cpu_or_with_one_thread(four_threads):

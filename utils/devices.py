@@ -121,14 +121,16 @@ class CPUThreads:
     leaves, the loop may run up to ``longest`` steps on ``fewer`` threads (≈ 1.6× slower on 2 idle cores)
     before it notices. A decision younger than ``remember`` seconds (from an earlier loop of this process,
     e.g. training before sampling; counted from the end of that loop, where it was still in force) is
-    reused with its distance to the next check, so short sampling runs pay nothing.
+    reused, with the check still due where it was: short sampling runs pay nothing, and a chain of short
+    loops still checks on schedule.
 
     Use it as ``with CPUThreads(device) as threads:`` around the loop and call ``threads.tick()`` at the
     start of every step; leaving the block restores the thread count. Does nothing off the CPU, for
     ``device=None``, or when torch has one thread (e.g. ``OMP_NUM_THREADS=1``). ``clock`` is for tests.
     """
 
-    _last: tuple[float, int, int] | None = None  # (time.monotonic(), threads, gap): this process's last decision
+    # this process's last decision: (time.monotonic(), threads, gap, steps left until the next check was due)
+    _last: tuple[float, int, int, int] | None = None
 
     def __init__(self, device, *, every: int = 250, longest: int = 2000, window: int = 5, warmup: int = 3,
                  remember: float = 120.0, clock=time.perf_counter):
@@ -145,10 +147,10 @@ class CPUThreads:
         self.choice: int | None = None          # the thread count in force between checks
         recent = CPUThreads._last
         if self.active and recent is not None and time.monotonic() - recent[0] < remember:
-            _, self.choice, gap = recent
+            _, self.choice, gap, left = recent
             self.gap = min(max(gap, every), longest)
             torch.set_num_threads(self.choice)
-            self.check_at = self.gap
+            self.check_at = max(left, warmup)   # the check stays due where it was: a chain of short loops cannot skip it
 
     def tick(self) -> None:
         if not self.active:
@@ -171,15 +173,19 @@ class CPUThreads:
             torch.set_num_threads(self.choice)
             self.gap = min(2 * self.gap, self.longest) if self.choice == self.fewer else self.every
             self.check_at += self.gap
-            CPUThreads._last = (time.monotonic(), self.choice, self.gap)
+            self._remember()
         self._before = now
+
+    def _remember(self) -> None:
+        CPUThreads._last = (time.monotonic(), self.choice, self.gap, self.check_at - self.ticks)
 
     @classmethod
     @contextlib.contextmanager
     def per_forward(cls, model: torch.nn.Module, **kwargs):
         """``CPUThreads`` for a loop written by hand (notebook 01's ``sample_by_hand``): it ticks once per call
         of ``model``, so each network evaluation counts as a step. ``with CPUThreads.per_forward(model): ...``;
-        ``kwargs`` as for ``CPUThreads``. Do not call the library's loops inside (they have their own)."""
+        ``kwargs`` as for ``CPUThreads``. Do not call the library's loops inside (they have their own). The hook
+        sees calls of ``model(...)`` (as ``diffusion.predict_noise`` makes them), not ``model.forward(...)``."""
         with cls(model_device(model), **kwargs) as threads:
             handle = model.register_forward_pre_hook(lambda module, args: threads.tick())
             try:
@@ -192,6 +198,6 @@ class CPUThreads:
 
     def __exit__(self, *exc) -> None:
         if self.active:
-            if self.choice is not None:         # still in force at the end of the loop: the next loop starts from it
-                CPUThreads._last = (time.monotonic(), self.choice, self.gap)
+            if self.choice is not None and self.ticks:   # in force until the loop's end: the next loop starts from it
+                self._remember()                # (left ≤ 0 when the loop ended inside a check: the next one checks first)
             torch.set_num_threads(self.all)
