@@ -111,7 +111,7 @@ class CPUThreads:
 
     Several threads split each operation and wait for each other after it. When another process holds
     one of the cores, every such wait lasts until the descheduled thread runs again: on 2 cores next
-    to one busy process, the MNIST "cpu" preset trains at 0.38–1.35 it/s with 2 threads and 4.8–5.1 it/s
+    to one busy process, the MNIST "cpu" preset trains at 0.38–1.35 it/s with 2 threads and 4.8–5.2 it/s
     with 1 (benchmarks/results/cpu_threads.md; idle: 7.9–8.9 vs 4.9–5.4). So the loop runs ``window`` steps
     with all threads, ``window`` with half (``fewer``), compares the median step times and keeps the
     faster count until the next check, ``every`` steps after this one. Checking is cheap when all threads
