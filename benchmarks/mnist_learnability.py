@@ -32,16 +32,20 @@ from utils.devices import model_device
 
 CONFIDENT = 0.9
 
-# Each recipe: overrides of the "cpu" preset. "before" spells out the preset as it was before
-# issue 12, so the comparison survives later changes of the preset; "after" is the preset as it is now.
+# Each recipe: overrides of the "cpu" preset. "before" spells out the preset as it was before issue 20 (the
+# time embedding added before the GroupNorm), so the comparison survives later changes of the preset; "after" is
+# the preset as it is now. "full-before" is a scaled-down replica of the *full* MNIST config as it was: widths
+# halved to the cpu preset's (16, 32, 64) with 16 groups, so its 28 px level has one channel per GroupNorm group
+# like the full config's 32 channels in 32 groups (the config check refuses it now: ``BLIND`` builds it anyway).
+# The full config as it is now has two channels per group at 28 px and FiLM, as the cpu preset: "after" is its replica.
 RECIPES: dict[str, dict] = {
-    "before": dict(min_snr_gamma=0.0, learning_rate=1e-3, batch_size=32, max_steps=2500, ema_decay=0.995,
-                   beta_schedule="linear"),
+    "before": dict(resnet_time_scale_shift="default"),
     "after": {},
-    "minsnr5": dict(min_snr_gamma=5.0, learning_rate=1e-3),
-    "minsnr5-lr2e-3": dict(min_snr_gamma=5.0, learning_rate=2e-3),
-    "lr2e-3": dict(learning_rate=2e-3),
+    "full-before": dict(resnet_time_scale_shift="default", norm_num_groups=8),   # 16 groups set past the check
+    "before12": dict(min_snr_gamma=0.0, learning_rate=1e-3, batch_size=32, max_steps=2500, ema_decay=0.995,
+                     beta_schedule="linear", resnet_time_scale_shift="default"),  # the preset before issue 12
 }
+BLIND = {"full-before": dict(norm_num_groups=16)}   # set after the config is made: one channel per group at 28 px
 
 
 def parse_sampler(spec: str) -> tuple[str, int]:
@@ -147,6 +151,9 @@ def run_recipe(job: dict) -> dict:
     held = job["held"]
     cfg = config.make_config("mnist", "cpu", workdir=args["workdir"], run_name=name,
                              **{**overrides, **({"max_steps": args["steps"]} if args["steps"] else {})})
+    for field, value in BLIND.get(name, {}).items():
+        setattr(cfg, field, value)
+    blind = models.blind_blocks(models.build_model(cfg))
     config.seed_everything(cfg.seed)
     loader = data.BatchLoader(digits, cfg.batch_size, seed=cfg.seed, device=config.pick_device())
     schedule = diffusion.schedule_from_config(cfg)
@@ -164,10 +171,11 @@ def run_recipe(job: dict) -> dict:
                          fid=judge_fid(judge, held, images)))
         print(f"[{name}] {spec}: {confident:.1%} confident, FID(judge) {rows[-1]['fid']:.2f}, {seconds:.0f} s", flush=True)
     smoothed = viz.smooth(result.loss_history)
-    return dict(recipe=name, overrides=overrides, steps=result.step, train_s=train_s,
+    return dict(recipe=name, overrides={**overrides, **BLIND.get(name, {})}, blind=blind, steps=result.step, train_s=train_s,
                 params=models.count_parameters(result.model), loss_end=smoothed[-1], rows=rows,
                 settings={k: getattr(cfg, k) for k in ("batch_size", "learning_rate", "ema_decay", "min_snr_gamma",
-                                                       "beta_schedule", "block_out_channels")})
+                                                       "beta_schedule", "block_out_channels", "norm_num_groups",
+                                                       "resnet_time_scale_shift")})
 
 
 def main():
@@ -200,6 +208,8 @@ def main():
         lines.append(f"**{res['recipe']}** ({json.dumps(res['overrides']) if res['overrides'] else 'the cpu preset as it is now'}): "
                      f"{res['params'] / 1e6:.2f} M parameters, {res['steps']} steps in {res['train_s'] / 60:.1f} min "
                      f"({res['steps'] / res['train_s']:.2f} it/s), final loss (moving average) {res['loss_end']:.4f}; "
+                     f"ResNet blocks blind to t (`models.blind_blocks`): {len(res['blind']) or 'none'}"
+                     f"{' (' + ', '.join(res['blind']) + ')' if res['blind'] else ''}; "
                      f"settings {res['settings']}.")
     table = []
     for res in results:

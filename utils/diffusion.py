@@ -229,6 +229,14 @@ def make_diffusers_scheduler(sampler: str, schedule: NoiseSchedule, *, clip_samp
     raise ValueError(f"sampler={sampler!r}: use one of {SAMPLERS}.")
 
 
+def scheduler_step_kwargs(sampler: str) -> dict:
+    """Extra ``scheduler.step`` arguments. DDIM's step (Song et al. eq. 12) moves x̂_0 along the ε it was
+    predicted with; with ``clip_sample`` diffusers clamps x̂_0 but keeps the network's ε unless
+    ``use_clipped_model_output``, which recomputes ε = (x_t − √ᾱ_t x̂_0)/√(1 − ᾱ_t) so the pair agrees,
+    as DDPM's posterior mean and the DPM-Solvers' thresholding do."""
+    return {"use_clipped_model_output": True} if sampler == "ddim" else {}
+
+
 def mix_guidance(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
     """ε = ε_uncond + w · (ε_cond − ε_uncond) in float32, also for fp16/bf16 inputs. Shapes kept: (B, C, H, W)."""
     eps_cond, eps_uncond = eps_cond.float(), eps_uncond.float()
@@ -330,7 +338,8 @@ def sample(model, schedule: NoiseSchedule, num_images: int, image_shape: tuple[i
         scheduler = make_diffusers_scheduler(sampler, schedule, clip_sample=clip_sample)
         scheduler.set_timesteps(steps, device=device)
         timesteps = [int(t) for t in scheduler.timesteps]
-        step = lambda eps, t, x: scheduler.step(eps, t, x, generator=generator).prev_sample
+        extra = scheduler_step_kwargs(sampler)
+        step = lambda eps, t, x: scheduler.step(eps, t, x, generator=generator, **extra).prev_sample
 
     x = _randn((num_images, *image_shape), generator, device)                                 # x_T, float32
     t_all = torch.tensor(timesteps, device=device)  # (N,), copied once: no host → device transfer per step
