@@ -129,6 +129,26 @@ def test_a_papermill_parameter_the_notebook_does_not_have_is_refused_with_the_kn
     config.check_notebook_parameters(history[:3] + ["# Parameters\nPAPERMILL_INPUT_PATH = 'a.ipynb'\n"])
 
 
+def test_papermill_strings_become_the_type_each_field_declares(tmp_path):
+    # papermill's -p turns "True", "30" and "1.5" into Python values, but leaves "false" a (truthy) string
+    cfg = config.make_config("mnist", "smoke", workdir=str(tmp_path), resume="false", channels_last="True",
+                             max_steps="30", time_budget_minutes="1.5", block_out_channels="8,16", run_name=1)
+    assert cfg.resume is False and cfg.channels_last is True
+    assert (cfg.max_steps, cfg.time_budget_minutes, cfg.block_out_channels, cfg.run_name) == (30, 1.5, (8, 16), "1")
+    cfg = config.make_config("mnist", "smoke", workdir=str(tmp_path), resume=0, max_steps=30.0, learning_rate="1e-3")
+    assert cfg.resume is False and cfg.max_steps == 30 and type(cfg.max_steps) is int and cfg.learning_rate == 1e-3
+    smoke = config.make_config("mnist", "smoke", workdir=str(tmp_path))
+    assert config.make_config("mnist", "smoke", workdir=str(tmp_path), max_steps="none").max_steps == smoke.max_steps
+
+
+@pytest.mark.parametrize("field, value, message", [("resume", "maybe", "not a yes/no value"),
+                                                   ("max_steps", "2.5", "not a whole number"),
+                                                   ("learning_rate", "fast", "not a number")])
+def test_a_parameter_that_is_not_of_its_fields_type_is_refused(tmp_path, field, value, message):
+    with pytest.raises(ValueError, match=f"{field}={value!r} is {message}"):
+        config.make_config("mnist", "smoke", workdir=str(tmp_path), **{field: value})
+
+
 def test_papermill_stops_notebook_01_at_an_unknown_parameter(tmp_path):
     import papermill
 

@@ -11,6 +11,7 @@ import dataclasses
 import os
 import random
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -577,9 +578,50 @@ def make_config(name: str, preset: str | None = None, **overrides) -> DDPMConfig
     if preset != "full" and preset not in cls.PRESETS:
         raise ValueError(f"Unknown preset {preset!r} for {name}; choose 'full' or one of {sorted(cls.PRESETS)}.")
     values = dict(cls.PRESETS.get(preset, {}))
-    values.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(set(overrides) - known)
     if unknown:
         raise ValueError(f"{cls.__name__} has no field(s) {unknown}; known fields: {sorted(known)}.")
+    hints = typing.get_type_hints(cls)    # papermill passes -p resume false as the string "false": parse it
+    parsed = {k: _as_declared(k, v, hints[k]) for k, v in overrides.items() if v is not None}
+    values.update({k: v for k, v in parsed.items() if v is not None})
     return cls(**values)
+
+
+def _as_declared(name: str, value, hint):
+    """``value`` (a papermill parameter or CLI option) as the type ``hint`` its field declares, or ``ValueError``:
+    "false"/"no"/0 → False, "30" → 30, 30.0 → 30, "1e-3" → 0.001, "64,128" → (64, 128), "none" → None."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if isinstance(value, str) and type(None) in typing.get_args(hint) and value.strip().lower() in ("none", ""):
+        return None
+    if typing.get_origin(hint) is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ValueError(f"{name}={value!r}: expected a list, e.g. {name}=(64, 128) or \"64,128\".")
+        kinds = [args[0]] * len(items) if Ellipsis in args else args
+        return tuple(_as_declared(name, item.strip() if isinstance(item, str) else item, kind)
+                     for item, kind in zip(items, kinds) if not (isinstance(item, str) and not item.strip()))
+    kind = args[0] if len(args) == 1 else hint
+    text = value.strip().lower() if isinstance(value, str) else None
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if text in ("true", "yes", "on", "1") or (not isinstance(value, str) and value == 1):
+            return True
+        if text in ("false", "no", "off", "0") or (not isinstance(value, str) and value == 0):
+            return False
+        raise ValueError(f"{name}={value!r} is not a yes/no value: use True or False (papermill: -p {name} true).")
+    if kind in (int, float) and not isinstance(value, bool):
+        try:
+            number = float(value) if isinstance(value, (str, int, float)) else None
+        except ValueError:
+            number = None
+        if number is not None and kind is float:
+            return number
+        if number is not None and number.is_integer():
+            return int(number)
+        raise ValueError(f"{name}={value!r} is not {'a number' if kind is float else 'a whole number'}, which "
+                         f"{name} must be.")
+    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)                 # papermill made -p run_name 1 the number 1
+    return value
