@@ -191,16 +191,37 @@ def test_16_bit_png_decodes_like_its_8_bit_version(tmp_path, mode):
     assert (eight.int() - sixteen.int()).abs().max() <= 1
 
 
-def test_a_16_bit_file_holding_8_bit_values_keeps_them():
-    digit = data.offline_sample().images[0, 0].numpy()
-    as_16bit = Image.fromarray(digit.astype(np.uint16))                   # 0–255 stored in 16 bits
-    assert np.array_equal(np.asarray(common._gray_to_8bit(as_16bit)), digit)
+@pytest.mark.parametrize("pil_mode", ["I;16", "I"])   # "I": how older PIL opens a 16-bit PNG
+def test_a_near_black_16_bit_png_stays_near_black(tmp_path, pil_mode):
+    # values 0–255 of 65535: the bit depth the PNG declares decides, not the values
+    dark = (data.offline_sample().images[0, 0].numpy().astype(np.uint16))
+    Image.fromarray(dark).save(tmp_path / "dark16.png")
+    assert common.png_bit_depth(tmp_path / "dark16.png") == 16
+    decoded = data.decode_images([tmp_path / "dark16.png"], 28, "L", progress=False)
+    assert decoded.max() == 1 and decoded.sum() > 0                        # 255 / 257 rounds to 1: near black
+    with Image.open(tmp_path / "dark16.png") as image:
+        as_mode = image if pil_mode == "I;16" else image.convert("I")
+        assert np.asarray(common._gray_to_8bit(as_mode, common.png_bit_depth(tmp_path / "dark16.png"))).max() == 1
 
 
 def test_32_bit_gray_holding_16_bit_values_scales_like_16_bit():
     digit = data.offline_sample().images[0, 0].numpy()
     as_int32 = Image.fromarray(digit.astype(np.int32) * 257)             # mode "I": older PIL's 16-bit PNG
     assert np.array_equal(np.asarray(common._gray_to_8bit(as_int32)), digit)
+
+
+def test_a_full_cache_disk_is_named_and_the_images_still_load(tmp_path, monkeypatch):
+    import errno
+
+    fixtures.write_mnist_fixture(tmp_path / "data", "folder", n_per_digit=1)
+
+    def disk_full(obj, f, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.warns(UserWarning, match=r"cache .*its disk is full.*cache_dir="):
+        ds = data.load_mnist(tmp_path / "data", tmp_path / "cache", download=False)
+    assert ds.images.shape == (10, 1, 28, 28) and not list((tmp_path / "cache").iterdir())   # no half-written cache
 
 
 def test_value_range_helpers_round_trip():

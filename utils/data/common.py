@@ -7,6 +7,7 @@ on a GPU — and become float in [-1, 1] (the range DDPM works in) one batch at 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import re
 import warnings
@@ -68,17 +69,28 @@ def list_images(folder: str | Path) -> list[Path]:
                   key=_natural_key)
 
 
-def _gray_to_8bit(image: Image.Image) -> Image.Image:
+def png_bit_depth(path: str | Path) -> int | None:
+    """The bit depth a PNG file declares in its header (IHDR), or None for a file that is not a PNG."""
+    with open(path, "rb") as f:
+        head = f.read(25)
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and len(head) == 25:
+        return head[24]
+    return None
+
+
+def _gray_to_8bit(image: Image.Image, bits: int | None = None) -> Image.Image:
     """A 16- or 32-bit integer grayscale image (PIL mode "I;16…" or "I") as 8-bit "L", scaled by
-    255 / max (16-bit: value / 257); PIL's ``convert`` would clip every value above 255 to white.
-    Mode "I" (signed 32-bit) counts as 16-bit when its values fit, as older PIL opens 16-bit PNGs."""
+    255 / (2^bits − 1) (16-bit: value / 257); PIL's ``convert`` would clip every value above 255 to white.
+
+    The depth is the declared one, never guessed from the values (a near-black 16-bit image has only
+    small values): ``bits`` (a PNG's header; older PIL opens 16-bit PNGs as mode "I"), else 16 for mode
+    "I;16…". Only a mode "I" image of unknown depth (not a PNG) is judged by its values."""
     pixels = np.asarray(image).astype(np.float64)                     # (H, W)
-    if pixels.max(initial=0) <= 255:
-        top = 255                   # 8-bit values stored in a 16-bit file: keep them as they are
-    elif image.mode.startswith("I;16") or pixels.max(initial=0) <= 2 ** 16 - 1:
-        top = 2 ** 16 - 1
-    else:
-        top = 2 ** 31 - 1
+    if bits is None and image.mode.startswith("I;16"):
+        bits = 16
+    if bits is None:                          # depth unknown: the smallest that holds the values
+        bits = next(b for b in (8, 16, 31) if pixels.max(initial=0) <= 2 ** b - 1)
+    top = 2 ** bits - 1
     return Image.fromarray(np.clip(np.rint(pixels * 255 / top), 0, 255).astype(np.uint8))
 
 
@@ -86,7 +98,7 @@ def _decode_one(path: Path, image_size: int, mode: str, flatten_alpha: bool = Tr
     with Image.open(path) as image:
         image.load()
         if image.mode == "I" or image.mode.startswith("I;16"):
-            image = _gray_to_8bit(image)
+            image = _gray_to_8bit(image, png_bit_depth(path) if image.format == "PNG" else None)
         if flatten_alpha and mode == "RGB" and image.mode in ("RGBA", "LA", "P"):
             # transparent pixels become white, not whatever color hides under alpha = 0
             rgba = image.convert("RGBA")
@@ -146,7 +158,8 @@ def cache_path(cache_dir: str | Path, prefix: str, files: list[Path], image_size
 
 def load_or_build_cache(path: Path, build: Callable[[], dict]) -> dict:
     """The dict saved at ``path``, or ``build()`` saved there atomically. A cache that cannot be
-    read (a half-synced Drive copy) is rebuilt, with a warning, rather than trusted."""
+    read (a half-synced Drive copy) is rebuilt, with a warning, rather than trusted; one that cannot be
+    written (a full disk) is skipped with a warning that names the folder."""
     path = Path(path)
     if path.exists():
         try:
@@ -154,7 +167,14 @@ def load_or_build_cache(path: Path, build: Callable[[], dict]) -> dict:
         except Exception as err:
             warnings.warn(f"The cache {path} is unreadable ({type(err).__name__}); decoding the images again.")
     payload = build()
-    atomic_save(payload, path)
+    try:
+        atomic_save(payload, path)
+    except OSError as err:   # a full disk or quota: the decoded images are fine, only the next start is slower
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT) or "unexpected pos" in str(err)
+        warnings.warn(f"Could not write the dataset cache {path} ({'its disk is full: ' if full else ''}"
+                      f"{err.strerror or err}); training goes on with the decoded images, and the next start decodes "
+                      f"them again. Free space in cache_dir={str(path.parent)!r} (on Colab: Drive's trash or quota) or "
+                      "set cache_dir to a folder on another disk.")
     return payload
 
 
