@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -122,6 +123,16 @@ def _dump(nb: dict) -> str:
     return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
 
 
+def _write_atomically(path: Path, text: str) -> None:
+    """``text`` at ``path`` through a temp file and a rename: an interruption leaves the old notebook whole."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="only check that notebooks/student/ is up to date")
@@ -134,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 stale.append(target)
         else:
             STUDENT.mkdir(exist_ok=True)
-            target.write_text(text)
+            _write_atomically(target, text)
             print(f"{target.relative_to(ROOT)}: {sum(len(regions(_source(c))) for c in nb['cells'] if c['cell_type'] == 'code')} "
                   "region(s) to write")
     if stale:

@@ -100,3 +100,22 @@ def test_the_student_edition_runs_to_its_first_stub_and_stops_there_with_its_mes
     # a stub inside a function raises where the function is first called: its cell or the check right after it
     where = ["".join(student["cells"][i]["source"]) for i in (first, _next_code_cell(student, first))]
     assert len(failed) == 1 and failed[0] in where, "it did not stop at the first stub (its cell or its check)"
+
+
+def test_an_interrupted_make_student_leaves_every_student_notebook_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(student_edition, "ROOT", tmp_path)
+    monkeypatch.setattr(student_edition, "STUDENT", tmp_path / "student")
+    assert student_edition.main([]) == 0
+    before = {p.name: p.read_text() for p in (tmp_path / "student").iterdir()}
+    real_write = Path.write_text
+
+    def half_then_interrupted(self, text, *args, **kwargs):     # Ctrl-C in the middle of a write
+        real_write(self, text[:len(text) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", half_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        student_edition.main([])
+    monkeypatch.undo()
+    after = {p.name: p.read_text() for p in (tmp_path / "student").iterdir()}
+    assert after == before and all(json.loads(text) for text in after.values())   # no temp file, no torn JSON
