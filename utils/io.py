@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from pathlib import Path
 
 import torch
 
-
-def unwritable_message(setting: str, folder: str | Path, err: OSError) -> str:
-    """What to tell a student whose ``setting`` folder cannot be written (config paths, checkpoints)."""
-    return (f"Cannot write to {setting}={str(folder)!r}: the folder cannot be written ({err.strerror or err}). "
-            f"Choose a folder you can write to ({setting}=...), or fix its permissions; on Colab, check that Drive "
-            "is mounted and not full.")
+from .lock import unwritable_message  # noqa: F401  (config and checkpoints import it from here)
 
 
 def previous_path(path: str | Path) -> Path:
@@ -22,14 +18,16 @@ def previous_path(path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.previous{path.suffix}")
 
 
-def atomic_save(obj, path: str | Path, *, keep_previous: bool = False, verify: bool = False) -> Path:
+def atomic_save(obj, path: str | Path, *, keep_previous: bool = False, verify: bool = False, guard=None) -> Path:
     """``torch.save`` so that an interruption, a full disk or a second writer never leaves a broken ``path``.
 
     The data go to a temp file with a name of its own (process id + random), are flushed to disk
     (fsync), with ``verify`` read back with ``weights_only=True``, and only then renamed over ``path``.
     With ``keep_previous`` the file it replaces stays as ``previous_path(path)``, so a damaged newest
     file still leaves the one before. A failure (a full disk: torch reports it as a RuntimeError, raised
-    here as an OSError) removes the temp file and leaves ``path`` as it was.
+    here as an OSError) removes the temp file and leaves ``path`` as it was. ``guard``: a context manager
+    factory held around the renames (``TrainingLock.owned``: it raises, and nothing is renamed, when the
+    folder is no longer this run's).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,10 +43,11 @@ def atomic_save(obj, path: str | Path, *, keep_previous: bool = False, verify: b
                 safe_load(tmp)
         except RuntimeError as err:   # torch's zip writer: "unexpected pos …" on a full disk; a bad read-back
             raise OSError(f"writing {path.name} failed ({err})") from err
-        if keep_previous and path.exists():
-            os.replace(path, previous_path(path))
-            rotated = True
-        os.replace(tmp, path)
+        with guard() if guard is not None else contextlib.nullcontext():
+            if keep_previous and path.exists():
+                os.replace(path, previous_path(path))
+                rotated = True
+            os.replace(tmp, path)
     except BaseException:
         if rotated and not path.exists():   # interrupted between the two renames: put the old file back
             os.replace(previous_path(path), path)

@@ -13,10 +13,7 @@ import copy
 import math
 import os
 import random
-import socket
-import threading
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,15 +22,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .checkpoints import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, NEW_RUN_ADVICE, CheckpointError,  # noqa: F401
+                          LockLost, TrainingLock, check_compatible, check_same_training, checkpoint_path,
+                          load_checkpoint, load_ema_model, load_weights, new_run_id, run_id_of, trained_config)
 from .devices import CPUThreads, pick_device, resolve_mixed_precision
-from .io import atomic_save, leftover_temp_files, previous_path, safe_load, unwritable_message
-
-CHECKPOINT_NAME = "last.pt"
-CHECKPOINT_FORMAT = 1
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that does not fit this config, or cannot be read. The message says what to do."""
+from .io import atomic_save, leftover_temp_files, previous_path
 
 
 @dataclass
@@ -56,138 +49,7 @@ class TrainResult:
     step: int                           # iterations done
     stop_reason: str                    # "done", "time budget" or "already done"
     checkpoint: Path                    # where the final state was written
-
-
-def checkpoint_path(checkpoint_dir: str | Path) -> Path:
-    return Path(checkpoint_dir) / CHECKPOINT_NAME
-
-
-def _as_tuple(v):
-    return tuple(v) if isinstance(v, list) else v
-
-
-def _differences(saved_config: dict, wanted: dict) -> list[str]:
-    """``"field: checkpoint has a, config has b"`` for each field of ``wanted`` the checkpoint saved differently
-    (a field an older checkpoint did not save counts as what it trained with, ``LEGACY_VALUES``, or is not compared)."""
-    from .config import LEGACY_VALUES
-
-    saved_config = {**LEGACY_VALUES, **saved_config}
-    return [f"{k}: checkpoint has {_as_tuple(saved_config[k])!r}, config has {v!r}"
-            for k, v in wanted.items() if k in saved_config and _as_tuple(saved_config[k]) != v]
-
-
-NEW_RUN_ADVICE = ("To try other settings without touching this run, give the experiment its own folders: "
-                  "run_name='my-experiment' (any short name; notebook parameter or config field). To replace "
-                  "this run, set resume=False (its checkpoint is kept, renamed).")
-
-
-def check_compatible(saved_config: dict, cfg, path: Path) -> None:
-    """Raise ``CheckpointError`` naming every architecture field where checkpoint and config differ."""
-    diffs = [f"{k}: checkpoint has {_as_tuple(saved_config.get(k))!r}, config has {v!r}"
-             for k, v in cfg.architecture().items() if _as_tuple(saved_config.get(k)) != v]
-    if diffs:
-        raise CheckpointError(
-            f"The checkpoint {path} was trained with another model or noise schedule:\n  - "
-            + "\n  - ".join(diffs)
-            + f"\nTo use this checkpoint, put those settings back. {NEW_RUN_ADVICE}")
-
-
-def check_same_training(saved_config: dict, cfg, path: Path, *, finished: bool) -> list[str]:
-    """Refuse to resume with training settings (``cfg.TRAINING``) the checkpoint was not trained with.
-
-    A finished run would otherwise return as "already done" and a student would read the old model's
-    results as those of the new settings; an unfinished one would restore its own optimizer settings.
-    Only ``ADJUSTABLE_FIELDS`` (learning rate, clipping, EMA decay, precision) may change when an unfinished run
-    resumes, e.g. a lower learning rate after a NaN stop; their differences are returned, to be applied.
-    """
-    from .config import ADJUSTABLE_FIELDS
-
-    adjustable = [] if finished else [k for k in ADJUSTABLE_FIELDS if k in cfg.TRAINING]
-    fixed = _differences(saved_config, {k: v for k, v in cfg.training().items() if k not in adjustable})
-    if fixed:
-        state = ("is finished: this cell would train nothing and hand back the old model" if finished
-                 else "would mix its saved optimizer and schedule state with these settings")
-        raise CheckpointError(
-            f"The run in {path.parent} was trained with other settings than this config's, so it {state}:\n  - "
-            + "\n  - ".join(fixed)
-            + f"\n{NEW_RUN_ADVICE} To keep using this run as it is, put those settings back"
-            + (" (to train it for longer, raise max_steps or num_epochs)." if finished else "."))
-    return _differences(saved_config, {k: getattr(cfg, k) for k in adjustable})
-
-
-def load_weights(module: nn.Module, state_dict: dict, path: Path) -> None:
-    """``module.load_state_dict(state_dict)``, with an error a student can act on when the network changed
-    since the checkpoint was written (an edit of utils/models.py): what changed, and what to do."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    reshaped = [f"{k}: checkpoint {tuple(state_dict[k].shape)}, network {tuple(own[k].shape)}" for k in own
-                if k in state_dict and torch.is_tensor(state_dict[k]) and state_dict[k].shape != own[k].shape]
-    if not (missing or unexpected or reshaped):
-        module.load_state_dict(state_dict)
-        return
-    def few(items: list[str]) -> str:
-        return ", ".join(items[:3]) + (f" … ({len(items)} in all)" if len(items) > 3 else "")
-    found = [f"{len(missing)} tensors the checkpoint lacks ({few(missing)})" if missing else "",
-             f"{len(unexpected)} the network no longer has ({few(unexpected)})" if unexpected else "",
-             f"{len(reshaped)} of another shape ({few(reshaped)})" if reshaped else ""]
-    raise CheckpointError(
-        f"The network code changed since {path} was written (its config is the same, so the change is in the "
-        f"code, e.g. an edit of utils/models.py): " + "; ".join(f for f in found if f) + ". "
-        "Restart the kernel after editing utils (Runtime → Restart session), then either undo the edit to use "
-        f"this checkpoint or train the changed network as an experiment. {NEW_RUN_ADVICE}")
-
-
-def trained_config(name: str, run_name: str = "", **where):
-    """The config the run ``name`` / ``run_name`` was trained with, read from its checkpoint, with this
-    machine's folders (``where``: workdir etc., as for ``config.make_config``). No checkpoint: ``CheckpointError``."""
-    from .config import from_saved, make_config
-
-    here = make_config(name, run_name=run_name, **where)
-    return from_saved(load_checkpoint(checkpoint_path(here.checkpoint_dir))["config"], here)
-
-
-def load_checkpoint(path: str | Path, cfg=None) -> dict:
-    """Read a checkpoint (``weights_only=True``); with ``cfg``, check it fits that config.
-
-    A damaged or missing ``path`` falls back, with a warning, to the checkpoint it replaced
-    (``last.previous.pt``, kept by every save), so one bad write never costs the whole run.
-    """
-    path = Path(path)
-    previous = previous_path(path)
-    if not path.exists() and not previous.exists():
-        raise CheckpointError(f"No checkpoint at {path}. Train first (the training cell writes it).")
-    try:
-        ckpt = safe_load(path)
-    except Exception as err:
-        try:
-            ckpt = safe_load(previous)
-        except Exception:
-            problem = "is missing" if not path.exists() else f"is damaged ({type(err).__name__}: {err})"
-            raise CheckpointError(
-                f"{path} {problem}, and there is no readable earlier checkpoint ({previous.name}) to fall back on. "
-                "Set resume=False to start over (the damaged file is kept, renamed), or copy a good last.pt back "
-                "(e.g. from Drive's file history).") from err
-        warnings.warn(f"{path} is damaged or missing ({type(err).__name__}); using the checkpoint before it, "
-                      f"{previous.name} (step {ckpt.get('step')}).")
-        if isinstance(ckpt, dict):
-            ckpt["loaded_from"] = str(previous)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a checkpoint written by utils.training (format "
-                              f"{CHECKPOINT_FORMAT}). Point checkpoint_dir at this bundle's checkpoints.")
-    if cfg is not None:
-        check_compatible(ckpt["config"], cfg, path)
-    return ckpt
-
-
-def load_ema_model(model: nn.Module, cfg, path: str | Path | None = None) -> nn.Module:
-    """Put the EMA weights of a checkpoint (default: cfg's latest) into ``model`` and return it."""
-    path = Path(path or checkpoint_path(cfg.checkpoint_dir))
-    ckpt = load_checkpoint(path, cfg)
-    load_weights(model, ckpt["model"], path)
-    for p, s in zip(model.parameters(), ckpt["ema"]["shadow_params"]):
-        p.data.copy_(s)
-    return model.eval()
+    run_id: str = ""                    # names the training run (kept across resumes); hand-in files record it
 
 
 def _rng_state() -> dict:
@@ -251,6 +113,15 @@ def _stop_everywhere(error: Exception | None, accelerator, what: str) -> None:
         raise error
 
 
+def _main_value(value: str, accelerator) -> str:
+    """The main process's ``value`` on every process."""
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value])[0]
+
+
 def _main_decides(flag: bool, accelerator) -> bool:
     """The main process's ``flag`` on every process (one tiny broadcast)."""
     from accelerate.utils import broadcast
@@ -286,100 +157,29 @@ def notebook_accelerator(mixed_precision: str):
     return Accelerator(mixed_precision=precision, cpu=cpu)
 
 
-class TrainingLock:
-    """``training.lock`` in a checkpoint folder: one training run per folder at a time.
-
-    Two runs on one folder (two Colab tabs, the CLI beside a notebook) would overwrite each other's
-    checkpoints. The lock names its owner (host, process, start) and is renewed every
-    ``RENEW_SECONDS`` by a background thread; a lock whose process is gone (same host) or that was
-    not renewed for ``STALE_SECONDS`` (a Colab session that disconnected) is taken over. Across
-    machines (Drive) it is best effort: it relies on the file system's create-exclusive and mtimes.
-    """
-
-    RENEW_SECONDS = 30
-    STALE_SECONDS = 300
-
-    def __init__(self, folder: str | Path):
-        self.path = Path(folder) / "training.lock"
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> "TrainingLock":
-        owner = f"{socket.gethostname()} pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            if not self._stale():
-                raise CheckpointError(self._busy_message()) from None
-            self.path.unlink(missing_ok=True)
-            return self.__enter__()
-        except OSError as err:
-            raise CheckpointError(unwritable_message("checkpoint_dir", self.path.parent, err)) from err
-        with os.fdopen(fd, "w") as f:
-            f.write(owner)
-        self._owner_text = owner
-        self._thread = threading.Thread(target=self._renew, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        try:
-            if self.path.read_text() == self._owner_text:      # never remove a lock another run took over
-                self.path.unlink()
-        except OSError:
-            pass
-
-    def _renew(self) -> None:
-        while not self._stop.wait(self.RENEW_SECONDS):
+@contextlib.contextmanager
+def folder_lock(cfg, accelerator):
+    """Hold ``cfg.checkpoint_dir``'s ``TrainingLock`` on the main process (``None`` on the others); a busy
+    or unwritable folder stops every process. For a caller that writes more (the CLI's hand-in) under the
+    lock that ``train(..., lock=...)`` trains under."""
+    with contextlib.ExitStack() as stack:
+        error, lock = None, None
+        if accelerator.is_main_process:
             try:
-                os.utime(self.path)
-            except OSError:
-                pass
+                lock = stack.enter_context(TrainingLock(cfg.checkpoint_dir))
+            except CheckpointError as err:
+                error = err
+        _stop_everywhere(error, accelerator, f"could not lock {cfg.checkpoint_dir}")
+        if lock is not None and lock.took_over:
+            print(f"Took over the lock of {cfg.checkpoint_dir} from {lock.took_over}.")
+        yield lock
 
-    def _owner(self) -> tuple[str, int | None]:
-        try:
-            text = self.path.read_text()
-        except OSError:
-            return "", None
-        host, _, rest = text.partition(" pid ")
-        pid = rest.split(" ", 1)[0]
-        return host, int(pid) if pid.isdigit() else None
 
-    def _stale(self) -> bool:
-        try:
-            age = time.time() - self.path.stat().st_mtime
-        except FileNotFoundError:
-            return True
-        host, pid = self._owner()
-        if host == socket.gethostname() and pid is not None:
-            if pid == os.getpid():
-                return True                     # left by this very process (an interrupted earlier call)
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return True                     # that process has ended
-            except PermissionError:
-                pass
-        return age > self.STALE_SECONDS
-
-    def _busy_message(self) -> str:
-        try:
-            owner = self.path.read_text()
-            age = time.time() - self.path.stat().st_mtime
-        except OSError:
-            owner, age = "another process", 0.0
-        return (f"Another run is training in {self.path.parent}: {owner} (its lock was renewed {age:.0f} s ago). "
-                "Two runs on one checkpoint folder would overwrite each other's checkpoints. Wait for it to finish "
-                f"or stop it. If it is gone (a disconnected Colab session), its lock expires {self.STALE_SECONDS} s "
-                f"after its last renewal, or delete {self.path}. To train a second model, use another checkpoint_dir.")
+_OWN_LOCK = object()
 
 
 def train(model: nn.Module, loss_fn: Callable, loader, cfg, *, on_log: Callable[[Progress], None] | None = None,
-          accelerator=None, progress: bool = True) -> TrainResult:
+          accelerator=None, progress: bool = True, lock=_OWN_LOCK) -> TrainResult:
     """Train ``model`` to minimise ``loss_fn(model, batch)`` over ``loader``; return the result.
 
     ``loader`` has ``len()`` (batches per epoch) and ``epoch(e, start)`` (batches of epoch e
@@ -397,25 +197,23 @@ def train(model: nn.Module, loss_fn: Callable, loader, cfg, *, on_log: Callable[
     own noise, the history holds the mean loss over processes (one entry per step), and only
     the main process writes checkpoints. Resuming on several machines needs ``checkpoint_dir``
     on a file system they share. While it trains, ``checkpoint_dir/training.lock`` keeps a second
-    run out of the same folder (``TrainingLock``).
+    run out of the same folder (``TrainingLock``; pass ``lock=`` what ``folder_lock`` gave to train under a
+    lock you hold). A run that finds its lock taken over (it was paused past the staleness and another run
+    took the folder) stops with ``LockLost`` and writes nothing more.
 
     Weights that are not finite are never saved: a NaN or infinite loss, or weights gone non-finite
     at a checkpoint step, stop training with a ``FloatingPointError`` that names the last good checkpoint.
     """
     if accelerator is None:
         accelerator = notebook_accelerator(cfg.mixed_precision)
-    with contextlib.ExitStack() as stack:
-        error = None
-        if accelerator.is_main_process:
-            try:
-                stack.enter_context(TrainingLock(cfg.checkpoint_dir))
-            except CheckpointError as err:
-                error = err
-        _stop_everywhere(error, accelerator, f"could not lock {cfg.checkpoint_dir}")
-        return _train(model, loss_fn, loader, cfg, on_log, accelerator, progress)
+    if lock is not _OWN_LOCK:
+        return _train(model, loss_fn, loader, cfg, on_log, accelerator, progress, lock)
+    with folder_lock(cfg, accelerator) as held:
+        return _train(model, loss_fn, loader, cfg, on_log, accelerator, progress, held)
 
 
-def _train(model: nn.Module, loss_fn: Callable, loader, cfg, on_log, accelerator, progress: bool) -> TrainResult:
+def _train(model: nn.Module, loss_fn: Callable, loader, cfg, on_log, accelerator, progress: bool,
+           lock: TrainingLock | None) -> TrainResult:
     """``train`` after the accelerator and the folder lock are in place."""
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
@@ -433,8 +231,10 @@ def _train(model: nn.Module, loss_fn: Callable, loader, cfg, on_log, accelerator
                                   betas=getattr(cfg, "adam_betas", (0.9, 0.999)))  # GANs use β1 = 0.5
     lr_scheduler = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps,
                                  num_training_steps=total_steps)
+    lr_scheduler.span = (0, total_steps)       # the steps this schedule runs over (saved; see _continue_schedule)
     ema = EMAModel(model.parameters(), decay=cfg.ema_decay, foreach=True)
-    history, step = _resume(model, optimizer, lr_scheduler, ema, cfg, accelerator, total_steps)
+    history, step, run_id = _resume(model, optimizer, lr_scheduler, ema, cfg, accelerator, total_steps,
+                                    steps_per_epoch)
     if step == 0 and accelerator.num_processes > 1:
         _seed_rank(cfg.seed, accelerator)
     accelerator.wait_for_everyone()
@@ -444,17 +244,19 @@ def _train(model: nn.Module, loss_fn: Callable, loader, cfg, on_log, accelerator
     # compiled for the training forward only: checkpoints and the EMA twin use the plain module
     forward_model = torch.compile(model) if getattr(cfg, "torch_compile", False) else model
     ema_model = _EMATwin(raw_model, ema, accelerator)
-    checkpoints = _Checkpoints(cfg, accelerator, raw_model, ema, optimizer, lr_scheduler, history, saved_step=step)
+    checkpoints = _Checkpoints(cfg, accelerator, raw_model, ema, optimizer, lr_scheduler, history, saved_step=step,
+                               run_id=run_id, lock=lock)
 
     def finished(reason: str) -> TrainResult:
         """The result, its networks without Accelerate's training autocast (sampling picks its precision)."""
         plain = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-        return TrainResult(plain, ema_model(), history, step, reason, checkpoints.file)
+        return TrainResult(plain, ema_model(), history, step, reason, checkpoints.file, run_id)
 
     if step >= total_steps:
         if main:
             print(f"The checkpoint is already at step {step} of {total_steps}, trained with these settings: nothing "
-                  f"to train. Raise max_steps/num_epochs to train it longer. {NEW_RUN_ADVICE}")
+                  f"to train. Raise max_steps/num_epochs to train it longer (its learning rate restarts: a short warm-up, "
+                  f"then a new decay over the added steps). {NEW_RUN_ADVICE}")
         return finished("already done")
 
     start_time = time.monotonic()
@@ -506,30 +308,32 @@ def _train(model: nn.Module, loss_fn: Callable, loader, cfg, on_log, accelerator
 
 
 def _resume(model: nn.Module, optimizer, lr_scheduler, ema, cfg, accelerator,
-            total_steps: int) -> tuple[list[float], int]:
+            total_steps: int, steps_per_epoch: int) -> tuple[list[float], int, str]:
     """Start from ``cfg.checkpoint_dir``: with ``cfg.resume`` the saved state goes back into the model,
-    optimizer, schedule and EMA; without it the earlier checkpoints are set aside. Returns (loss history, step)."""
+    optimizer, schedule and EMA; without it the earlier checkpoints are set aside. Returns (loss history, step,
+    run id): a new run gets a new id."""
     ckpt_file = checkpoint_path(cfg.checkpoint_dir)
     if accelerator.is_main_process:
         for leftover in leftover_temp_files(ckpt_file):   # saves a killed run never finished (this run holds the lock)
             leftover.unlink(missing_ok=True)
     has_checkpoint = ckpt_file.exists() or previous_path(ckpt_file).exists()
     if has_checkpoint and cfg.resume:
-        return _restore(ckpt_file, model, optimizer, lr_scheduler, ema, cfg, accelerator, total_steps)
+        return _restore(ckpt_file, model, optimizer, lr_scheduler, ema, cfg, accelerator, total_steps, steps_per_epoch)
     if has_checkpoint and accelerator.is_main_process:
         _set_aside(ckpt_file)
-    return [], 0
+    return [], 0, _main_value(new_run_id(), accelerator)
 
 
 def _restore(ckpt_file: Path, model: nn.Module, optimizer, lr_scheduler, ema, cfg, accelerator,
-             total_steps: int) -> tuple[list[float], int]:
-    """Load ``ckpt_file`` (checked against ``cfg``) into the training state; return (loss history, step)."""
+             total_steps: int, steps_per_epoch: int) -> tuple[list[float], int, str]:
+    """Load ``ckpt_file`` (checked against ``cfg``) into the training state; return (loss history, step, run id)."""
     main = accelerator.is_main_process
     ckpt = load_checkpoint(ckpt_file, cfg)
     changed = check_same_training(ckpt["config"], cfg, ckpt_file, finished=ckpt["step"] >= total_steps)
     load_weights(model, ckpt["model"], ckpt_file)
     optimizer.load_state_dict(ckpt["optimizer"])
     lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+    schedule_note = _continue_schedule(lr_scheduler, cfg, ckpt, total_steps, steps_per_epoch)
     _set_peak_learning_rate(lr_scheduler, cfg.learning_rate)   # the saved state holds the old one
     ema.load_state_dict(ckpt["ema"])
     ema.decay = cfg.ema_decay
@@ -548,7 +352,45 @@ def _restore(ckpt_file: Path, model: nn.Module, optimizer, lr_scheduler, ema, cf
         print(f"Resuming from {ckpt_file}: step {step} of {total_steps}, {len(history)} losses kept.")
         if changed:
             print(f"From step {step} on with your changed settings: " + "; ".join(changed) + ".")
-    return history, step
+        if schedule_note:
+            print(schedule_note)
+    return history, step, run_id_of(ckpt)
+
+
+def _continue_schedule(lr_scheduler, cfg, ckpt: dict, total_steps: int, steps_per_epoch: int) -> str:
+    """Fit the restored learning-rate schedule to a run whose planned length changed; return what was done ("" if
+    nothing). The schedule's span (first step, last step) is saved with each checkpoint (``lr_scheduler.span``).
+
+    A run that had finished its schedule (its learning rate decayed to the end) and is asked for more steps gets
+    a warm restart: a short linear warm-up back to the peak (``warmup_steps``, at most a tenth of the new steps),
+    then a new decay over the added steps, as SGDR (Loshchilov & Hutter 2017) does. Without it the cosine would
+    resume mid-curve, at whatever the longer schedule prescribes for that step (≈ half the peak when a 10k run
+    is raised to 20k). An unfinished run keeps its start and ends its decay at the new last step.
+    """
+    from diffusers.optimization import get_scheduler
+
+    saved = ckpt["config"]
+    start, end = ckpt.get("lr_schedule_span") or (0, saved.get("max_steps") or saved["num_epochs"] * steps_per_epoch)
+    step = ckpt["step"]
+    if end == total_steps or not hasattr(lr_scheduler, "lr_lambdas"):
+        note = ""
+    elif step >= end:                           # finished: a warm restart over the added steps
+        start, warmup = step, min(cfg.warmup_steps, max(1, (total_steps - step) // 10))
+        note = (f"The run had finished its learning-rate schedule at step {step}; training on to step {total_steps} "
+                f"with a new one: a warm-up over {warmup} steps back to lr = {cfg.learning_rate:g}, then a "
+                f"{cfg.lr_schedule} decay over the {total_steps - step} added steps.")
+    else:
+        warmup = cfg.warmup_steps
+        note = (f"The learning-rate schedule now ends at step {total_steps} instead of {end}: from step {step} on "
+                f"it follows the {cfg.lr_schedule} curve of the longer run.")
+    if note:
+        one = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)       # only to borrow the curve
+        curve = get_scheduler(cfg.lr_schedule, one, num_warmup_steps=warmup if start else cfg.warmup_steps,
+                              num_training_steps=total_steps - start).lr_lambdas[0]
+        lr_scheduler.lr_lambdas = [lambda s, curve=curve, start=start: curve(max(0, s - start))
+                                   for _ in lr_scheduler.lr_lambdas]
+    lr_scheduler.span = (start, total_steps)
+    return note
 
 
 def _set_aside(ckpt_file: Path) -> None:
@@ -580,12 +422,14 @@ class _Checkpoints:
     the last good checkpoint when training has to stop."""
 
     def __init__(self, cfg, accelerator, raw_model: nn.Module, ema, optimizer, lr_scheduler, history: list[float],
-                 saved_step: int):
+                 saved_step: int, run_id: str, lock: TrainingLock | None):
         self.cfg, self.accelerator = cfg, accelerator
         self.raw_model, self.ema, self.optimizer, self.lr_scheduler = raw_model, ema, optimizer, lr_scheduler
         self.history = history                    # the loop's list, extended in place
         self.file = checkpoint_path(cfg.checkpoint_dir)
         self.saved_step = saved_step or None      # the step of the last good checkpoint on disk, None for none
+        self.run_id = run_id                      # saved with every checkpoint: names the run
+        self.lock = lock                          # the folder's lock (main process), checked before every write
 
     def last_good(self) -> str:
         if self.saved_step is None:
@@ -616,14 +460,20 @@ class _Checkpoints:
         failure = None
         if accelerator.is_main_process:
             try:
+                if self.lock is not None:
+                    self.lock.verify()            # lost (paused past the staleness)? stop before writing anything
                 atomic_save({
-                    "format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "step": step,
+                    "format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "step": step, "run_id": self.run_id,
                     "model": self.raw_model.state_dict(), "ema": self.ema.state_dict(),
                     "optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
+                    "lr_schedule_span": list(self.lr_scheduler.span),
                     "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
                     "loss_history": torch.tensor(self.history, dtype=torch.float64), "rng": rng_ranks[0],
                     "rng_ranks": rng_ranks,
-                }, self.file, keep_previous=True, verify=True)
+                }, self.file, keep_previous=True, verify=True, guard=self.lock.owned if self.lock is not None else None)
+            except LockLost as err:
+                failure = LockLost(f"{err} This run's steps after its last checkpoint (step {self.saved_step or 0}) "
+                                   f"are not saved: step {step} was not written.")
             except OSError as err:
                 failure = CheckpointError(
                     f"Could not write the checkpoint {self.file} at step {step} ({err.strerror or err}). "
