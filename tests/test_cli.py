@@ -1,5 +1,6 @@
 """The command-line trainer: options from the config, and the same run on two processes through Accelerate."""
 
+import json
 import os
 import socket
 import subprocess
@@ -56,9 +57,12 @@ def test_two_cpu_processes_train_the_smoke_config_and_write_the_notebook_outputs
     assert torch.isfinite(ckpt["loss_history"]).all()
     first, second = ckpt["rng_ranks"]
     assert not torch.equal(first["torch"], second["torch"])  # each process drew its own noise
+    records = json.loads((work / "outputs" / "mnist" / "provenance.json").read_text())["files"]
     for name in ("result_mnist.jpg", "loss_mnist.jpg", "mnist.gif"):
         with Image.open(work / "outputs" / "mnist" / name) as image:
             image.load()
+        assert (records[name]["run_id"], records[name]["step"]) == (ckpt["run_id"], 6)   # made from that checkpoint
+    assert not (work / "checkpoints" / "mnist" / "training.lock").exists()             # held to the end, then let go
 
 
 def test_mnist_is_loaded_at_the_configs_image_size(tmp_path):
@@ -84,8 +88,6 @@ def test_an_evaluator_of_the_wrong_architecture_stops_the_cli_before_training(tm
 
 
 def test_the_iclevr_cli_chooses_w_like_notebook_03_and_writes_the_whole_hand_in_set(tmp_path):
-    import json
-
     from utils import export
 
     cli.main(["--config", "iclevr", "--preset", "smoke", "--workdir", str(tmp_path), "--max_steps", "2"])

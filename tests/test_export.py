@@ -10,24 +10,32 @@ from PIL import Image
 from utils import export, viz
 
 
+MNIST_RUN, ANIME_RUN, ICLEVR_RUN = (export.Source("20261201-101500-aaaaaa", 6), export.Source("20261201-111500-bbbbbb", 6),
+                                   export.Source("20261201-121500-cccccc", 6))
+
+
 def write_imvfx_set(mnist_dir, anime_dir):
-    viz.save_grid(torch.zeros(25, 1, 28, 28), mnist_dir / "result_mnist.jpg", nrow=5)
-    viz.save_grid(torch.zeros(25, 3, 64, 64), anime_dir / "result_anime.jpg", nrow=5)
-    for path in (mnist_dir / "loss_mnist.jpg", anime_dir / "loss_anime.jpg"):
+    mnist, anime = export.HandInSet(mnist_dir, MNIST_RUN), export.HandInSet(anime_dir, ANIME_RUN)
+    viz.save_grid(torch.zeros(25, 1, 28, 28), mnist.path("result_mnist.jpg"), nrow=5)
+    viz.save_grid(torch.zeros(25, 3, 64, 64), anime.path("result_anime.jpg"), nrow=5)
+    for path in (mnist.path("loss_mnist.jpg"), anime.path("loss_anime.jpg")):
         Image.new("RGB", (80, 60), "white").save(path)
+    mnist.commit()
+    anime.commit()
 
 
-def write_iclevr_set(out):
+def write_iclevr_set(out, source=ICLEVR_RUN):
+    hand_in = export.HandInSet(out, source)
     for name in ("test", "new_test"):
-        (out / name).mkdir(parents=True)
         for i in range(32):
-            Image.new("RGB", (64, 64)).save(out / name / f"{i}.png")
-        viz.save_grid(torch.zeros(32, 3, 64, 64), out / f"{name}_grid.png", nrow=8, expected=32)
-    viz.denoising_strip([torch.zeros(1, 3, 64, 64)] * 8, out / "denoising_process.png")
-    (out / "accuracy.json").write_text(json.dumps({"test": {"accuracy": 0.5}, "new_test": {"accuracy": 0.5}}))
-    (out / "guidance_sweep.csv").write_text("guidance_scale,test,new_test\n1.0,0.5,0.5\n")
+            Image.new("RGB", (64, 64)).save(hand_in.path(f"{name}/{i}.png"))
+        viz.save_grid(torch.zeros(32, 3, 64, 64), hand_in.path(f"{name}_grid.png"), nrow=8, expected=32)
+    viz.denoising_strip([torch.zeros(1, 3, 64, 64)] * 8, hand_in.path("denoising_process.png"))
+    hand_in.path("accuracy.json").write_text(json.dumps({"test": {"accuracy": 0.5}, "new_test": {"accuracy": 0.5}}))
+    hand_in.path("guidance_sweep.csv").write_text("guidance_scale,test,new_test\n1.0,0.5,0.5\n")
     for name in ("guidance_sweep.png", "loss_iclevr.jpg"):
-        Image.new("RGB", (80, 60)).save(out / name)
+        Image.new("RGB", (80, 60)).save(hand_in.path(name))
+    return hand_in.commit()
 
 
 @pytest.fixture
@@ -140,6 +148,47 @@ def test_status_lists_every_entry_with_ok_or_the_problem(tmp_path):
     write_iclevr_set(out)
     (out / "loss_iclevr.jpg").unlink()
     lines = export.status(export.iclevr_files(out)).splitlines()
-    assert len(lines) == 9   # two folders and seven files
+    assert len(lines) == 10  # two folders and seven files, then the checkpoint they come from
     assert lines[0].startswith("test/ (32 images)") and lines[0].endswith("ok")
-    assert "loss_iclevr.jpg" in lines[-1] and "missing" in lines[-1] and 'section "Train"' in lines[-1]
+    assert "loss_iclevr.jpg" in lines[8] and "missing" in lines[8] and 'section "Train"' in lines[8]
+    assert lines[9] == f"{out}: made from run {ICLEVR_RUN.run_id} step 6"
+
+
+# ----------------------------------------------------------------------------- one checkpoint per set
+def test_a_mixed_set_is_refused_naming_the_stale_file_and_what_makes_it_again(imvfx_dirs):
+    mnist_dir, anime_dir = imvfx_dirs                            # a set from run ...aaaaaa, step 6
+    newer = export.HandInSet(mnist_dir, export.Source(MNIST_RUN.run_id, 80))   # trained on to step 80, then
+    Image.new("RGB", (80, 60), "gray").save(newer.path("loss_mnist.jpg"))      # only the loss plot was made again
+    newer.commit()
+    with pytest.raises(export.HandInError) as err:
+        export.export_imvfx("312551001", mnist_dir, anime_dir)
+    message = str(err.value)
+    assert (f"result_mnist.jpg: is stale: made from run {MNIST_RUN.run_id} step 6, while loss_mnist.jpg is from "
+            f"run {MNIST_RUN.run_id} step 80") in message
+    assert 'section "Algorithm 2: sampling", or for the whole set `python -m utils.cli --config mnist`' in message
+    assert "1 problem)" in message and not list(anime_dir.parent.glob("*.zip"))
+
+
+def test_a_file_changed_after_it_was_written_is_refused(imvfx_dirs):
+    mnist_dir, anime_dir = imvfx_dirs
+    viz.save_grid(torch.ones(25, 3, 64, 64), anime_dir / "result_anime.jpg", nrow=5)   # an old cell, or by hand
+    with pytest.raises(export.HandInError, match=rf"result_anime\.jpg: was changed after run {ANIME_RUN.run_id} "
+                                                 r"step 6 wrote it .*02_anime_faces_ddpm"):
+        export.export_imvfx("312551001", mnist_dir, anime_dir)
+
+
+def test_files_that_record_no_checkpoint_are_refused(tmp_path):
+    mnist_dir, anime_dir = tmp_path / "mnist", tmp_path / "anime"
+    write_imvfx_set(mnist_dir, anime_dir)
+    (mnist_dir / "provenance.json").unlink()                    # e.g. files from before provenance, or copied in
+    with pytest.raises(export.HandInError, match=r"result_mnist\.jpg: records no checkpoint"):
+        export.export_imvfx("312551001", mnist_dir, anime_dir)
+
+
+def test_the_zip_says_which_checkpoint_made_each_half_and_mentions_an_unfinished_newer_set(imvfx_dirs):
+    mnist_dir, anime_dir = imvfx_dirs
+    interrupted = export.HandInSet(anime_dir, export.Source(ANIME_RUN.run_id, 90))
+    Image.new("RGB", (80, 60), "gray").save(interrupted.path("loss_anime.jpg"))   # then Ctrl-C while sampling
+    text = str(export.export_imvfx("312551001", mnist_dir, anime_dir))
+    assert f"mnist: made from run {MNIST_RUN.run_id} step 6" in text and f"anime: made from run {ANIME_RUN.run_id} step 6" in text
+    assert f"a newer set from run {ANIME_RUN.run_id} step 90 was started" in text and "previous, complete set" in text

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from . import compare, config, data, diffusion, fixtures, iclevr_accuracy, models, training, viz
+from . import compare, config, data, diffusion, fixtures, handin, iclevr_accuracy, models, training, viz
 
 # What each notebook hands in, and its loss-plot title.
 HANDIN = {
@@ -91,15 +91,14 @@ def load_data(cfg, accelerator) -> data.ImageSet:
         return data.load_iclevr(paths["data_dir"], paths["cache_dir"], image_size=cfg.image_size)
 
 
-def write_unconditional(cfg, ema, schedule) -> list[Path]:
-    """Notebooks 01/02's samples: a 5×5 grid and the diffusion GIF, with cfg's sampler."""
-    out, names = Path(cfg.output_dir), HANDIN[cfg.name]
+def write_unconditional(cfg, ema, schedule, hand_in: handin.HandInSet) -> None:
+    """Notebooks 01/02's samples, into ``hand_in``: a 5×5 grid and the diffusion GIF, with cfg's sampler."""
+    names = HANDIN[cfg.name]
     samples = diffusion.sample(ema, schedule, 25, (cfg.channels, cfg.image_size, cfg.image_size),
-                               sampler=cfg.sampler, num_inference_steps=cfg.num_inference_steps,
-                               num_frames=cfg.gif_frames, seed=cfg.seed, clip_sample=cfg.clip_sample,
+                               **diffusion.handin_sampling(cfg), num_frames=cfg.gif_frames,
                                mixed_precision=cfg.mixed_precision)
-    viz.save_grid(samples.images, out / names["grid"], nrow=5)
-    return [out / names["grid"], viz.save_gif(samples.frames, out / names["gif"], nrow=5)]
+    viz.save_grid(samples.images, hand_in.path(names["grid"]), nrow=5)
+    viz.save_gif(samples.frames, hand_in.path(names["gif"]), nrow=5)
 
 
 def load_course_evaluator(cfg, device):
@@ -109,26 +108,24 @@ def load_course_evaluator(cfg, device):
     return path, (iclevr_accuracy.load_evaluator(path, device) if path is not None else None)
 
 
-def write_iclevr(cfg, ema, schedule, evaluator_path, evaluator) -> list[Path]:
-    """Notebook 03's files: test/ and new_test/ (i.png for the i-th label list), their 8×4 grids, the GIF and
+def write_iclevr(cfg, ema, schedule, evaluator_path, evaluator, out: handin.HandInSet) -> None:
+    """Notebook 03's files, into ``out``: test/ and new_test/ (i.png for the i-th label list), their 8×4 grids, the GIF and
     the denoising row; with the evaluator also the guidance sweep and ``accuracy.json``.
 
     With the evaluator and ``cfg.choose_guidance``, w is chosen as notebook 03 chooses it: the fast sweep, then
     its ``confirm_top`` best scales and ``guidance_scale`` with the hand-in sampler; the best is handed in.
     """
-    out = Path(cfg.output_dir)
     files = data.find_iclevr(cfg.data_dir)
     objects = data.load_objects(files.label_file("objects.json"))
     label_sets = {name: data.encode_labels(data.load_label_lists(files.label_file(f"{name}.json")), objects)
                   for name in ("test", "new_test")}
     shape = (cfg.channels, cfg.image_size, cfg.image_size)
     common = dict(image_shape=shape, seed=cfg.seed, clip_sample=cfg.clip_sample, mixed_precision=cfg.mixed_precision)
-    written, sweep_rows, candidates = [], None, [cfg.guidance_scale]
+    sweep_rows, candidates = None, [cfg.guidance_scale]
     if evaluator is not None:
         sweep_rows = iclevr_accuracy.guidance_sweep(ema, schedule, evaluator, label_sets, cfg.sweep_scales,
                                                     sampler=cfg.sweep_sampler, num_inference_steps=cfg.sweep_steps, **common)
-        plt.close(iclevr_accuracy.save_sweep(sweep_rows, out / "guidance_sweep.csv", out / "guidance_sweep.png"))
-        written += [out / "guidance_sweep.csv", out / "guidance_sweep.png"]
+        plt.close(iclevr_accuracy.save_sweep(sweep_rows, out.path("guidance_sweep.csv"), out.path("guidance_sweep.png")))
         if cfg.choose_guidance:
             candidates = iclevr_accuracy.candidate_scales(sweep_rows, cfg.confirm_top, also=cfg.guidance_scale)
     runs = [iclevr_accuracy.sample_and_score(ema, schedule, evaluator, label_sets, w, sampler=cfg.sampler,
@@ -137,30 +134,27 @@ def write_iclevr(cfg, ema, schedule, evaluator_path, evaluator) -> list[Path]:
     hand_in = iclevr_accuracy.best_run(runs) if len(runs) > 1 else runs[0]
     w = hand_in.guidance_scale
     for name, result in hand_in.samples.items():
-        written += viz.save_numbered(result.images, out / name)
-        viz.save_grid(result.images, out / f"{name}_grid.png", nrow=8, expected=32)
-        written.append(out / f"{name}_grid.png")
-    written.append(viz.save_gif(hand_in.samples["test"].frames, out / HANDIN["iclevr"]["gif"], nrow=8))
+        viz.save_numbered(result.images, out.path(name))
+        viz.save_grid(result.images, out.path(f"{name}_grid.png"), nrow=8, expected=32)
+    viz.save_gif(hand_in.samples["test"].frames, out.path(HANDIN["iclevr"]["gif"]), nrow=8)
     process = diffusion.sample(ema, schedule, 1, shape, sampler=cfg.sampler, num_inference_steps=cfg.num_inference_steps,
                                labels=data.encode_labels(DENOISE_NAMES, objects), guidance_scale=w, seed=cfg.seed,
                                num_frames=cfg.denoising_frames, clip_sample=cfg.clip_sample,
                                mixed_precision=cfg.mixed_precision)
-    viz.denoising_strip(process.frames, out / "denoising_process.png")
-    written.append(out / "denoising_process.png")
+    viz.denoising_strip(process.frames, out.path("denoising_process.png"))
     if evaluator is None:
         print(f"Accuracy skipped: no evaluator {iclevr_accuracy.EVALUATOR_FILE} in {cfg.data_dir} (see data_links.md); "
               f"handed in at w = {w}.")
-        return written
+        return
     why = "the best of these with the hand-in sampler" if len(runs) > 1 else "guidance_scale (choose_guidance off)"
-    written.append(iclevr_accuracy.save_accuracy(
-        hand_in.scores, out / "accuracy.json", guidance_scale=w, chosen_by=why, sampler=cfg.sampler,
+    iclevr_accuracy.save_accuracy(
+        hand_in.scores, out.path("accuracy.json"), guidance_scale=w, chosen_by=why, sampler=cfg.sampler,
         num_inference_steps=compare.sampler_steps(cfg.sampler, cfg.num_inference_steps, cfg.num_train_timesteps),
         seed=cfg.seed, evaluator=str(evaluator_path), hand_in_sampler_runs=[run.row() for run in runs],
-        sweep={"sampler": cfg.sweep_sampler, "steps": cfg.sweep_steps, "rows": sweep_rows}))
+        sweep={"sampler": cfg.sweep_sampler, "steps": cfg.sweep_steps, "rows": sweep_rows})
     print(f"hand-in at w = {w} ({why}; tried {candidates})")
     for name, acc in hand_in.scores.items():
         print(f"{name:9s} accuracy {acc.value:.4f}  ({acc.hits}/{acc.total} objects found)")
-    return written
 
 
 def main(argv: list[str] | None = None) -> training.TrainResult:
@@ -187,18 +181,21 @@ def main(argv: list[str] | None = None) -> training.TrainResult:
               f"{len(loader)} steps per epoch; outputs → {cfg.output_dir}")
     if cfg.name == "iclevr":   # on every process: a bad file stops them all, none waits for the others
         evaluator_path, evaluator = load_course_evaluator(cfg, device)
-    result = training.train(models.build_model(cfg), loss_fn, loader, cfg, accelerator=accelerator)
-    if not accelerator.is_main_process:
-        return result
-    print(f"{result.step} iterations ({result.stop_reason}); checkpoint: {result.checkpoint}")
-    out = Path(cfg.output_dir)
-    plt.close(viz.plot_loss(result.loss_history, out / HANDIN[cfg.name]["loss"], title=HANDIN[cfg.name]["title"]))
-    written = [out / HANDIN[cfg.name]["loss"]]
-    if cfg.name == "iclevr":
-        written += write_iclevr(cfg, result.ema_model, schedule, evaluator_path, evaluator)
-    else:
-        written += write_unconditional(cfg, result.ema_model, schedule)
-    print(f"Wrote {len(written)} files in {out}: " + ", ".join(sorted({p.relative_to(out).parts[0] for p in written})))
+    with training.folder_lock(cfg, accelerator) as lock:   # held until the hand-in set is in place
+        result = training.train(models.build_model(cfg), loss_fn, loader, cfg, accelerator=accelerator, lock=lock)
+        if not accelerator.is_main_process:
+            return result
+        print(f"{result.step} iterations ({result.stop_reason}); checkpoint: {result.checkpoint}")
+        out = handin.HandInSet(cfg.output_dir, result, guard=lock.owned)   # one set, from this checkpoint
+        plt.close(viz.plot_loss(result.loss_history, out.path(HANDIN[cfg.name]["loss"]), title=HANDIN[cfg.name]["title"]))
+        if cfg.name == "iclevr":
+            write_iclevr(cfg, result.ema_model, schedule, evaluator_path, evaluator, out)
+        else:
+            write_unconditional(cfg, result.ema_model, schedule, out)
+        written = out.commit()
+    folder = Path(cfg.output_dir)
+    print(f"Wrote {len(written)} files in {folder} (from {out.source}): "
+          + ", ".join(sorted({p.relative_to(folder).parts[0] for p in written})))
     return result
 
 

@@ -5,12 +5,16 @@
 * DLP iCLEVR lab (notebook 03): ``test/0.png … 31.png``, ``new_test/0.png … 31.png``, the two
   8×4 grids, ``denoising_process.png``, ``accuracy.json``, the guidance sweep and ``loss_iclevr.jpg``.
 
-The check opens every file and reads the grid layout from the pixel size. Every problem is
-reported at once, each with the notebook section that writes the file, and nothing is zipped.
+The check opens every file and reads the grid layout from the pixel size, and reads from each output
+folder's ``provenance.json`` (``utils.handin``) which checkpoint made each file: a set whose files come
+from different checkpoints (a Ctrl-C while sampling), or that were changed after they were written, is
+refused with the stale file named. Every problem is reported at once, each with the notebook section (and
+the command) that writes the file again, and nothing is zipped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -21,6 +25,7 @@ from pathlib import Path
 from PIL import Image
 
 from .data.iclevr import COURSE_LISTS
+from .handin import HandInError, HandInSet, Source, file_sha256, provenance, unfinished  # noqa: F401  (re-exported)
 
 GRID_PADDING = 2       # pixels between and around the images of a grid (viz.save_grid's default)
 ICLEVR_SET_SIZE = COURSE_LISTS   # label lists in test.json and in new_test.json
@@ -28,10 +33,6 @@ README_MARKER = "[edit me]"
 
 NB01, NB02, NB03 = "notebook 01_mnist_ddpm", "notebook 02_anime_faces_ddpm", "notebook 03_iclevr_cfg"
 NEEDS_EVALUATOR = "it needs the evaluator checkpoint.pth: data_links.md, section iCLEVR"
-
-
-class HandInError(RuntimeError):
-    """The hand-in set is incomplete or wrong, or the student id is invalid. The message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,12 @@ class HandInFile:
     made_by: str                         # the notebook and section that write it
     grid: tuple[int, int] | None = None  # (images per row, rows) of a grid image
     image_size: int | None = None        # H = W of each image (of each grid image for a grid)
+    command: str = ""                    # the command that writes its whole set again from the checkpoint
+
+    @property
+    def set_dir(self) -> Path:
+        """The output folder whose ``provenance.json`` records this file (``test/0.png`` → its parent's parent)."""
+        return self.source.parents[len(Path(self.name).parts) - 1]
 
 
 @dataclass
@@ -52,9 +59,10 @@ class HandIn:
     zip_path: Path
     names: list[str]
     readme: Path | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)   # which checkpoints; newer sets not finished
 
     def __str__(self) -> str:
-        lines = [f"{self.zip_path} ({len(self.names)} files):", "  " + ", ".join(_compact(self.names))]
+        lines = [f"{self.zip_path} ({len(self.names)} files):", "  " + ", ".join(_compact(self.names)), *self.notes]
         if self.readme is not None and README_MARKER in self.readme.read_text():
             lines.append(f"readme.txt is still the template: edit {self.readme} (the lines marked "
                          f"{README_MARKER}), then run this cell again.")
@@ -66,19 +74,28 @@ def imvfx_files(mnist_dir: str | Path, anime_dir: str | Path, *, mnist_image_siz
                 anime_image_size: int = 64) -> list[HandInFile]:
     """The IMVFX images: notebook 01's in ``mnist_dir``, notebook 02's in ``anime_dir`` (their output_dir)."""
     mnist_dir, anime_dir = Path(mnist_dir), Path(anime_dir)
+    mnist, anime = _command("mnist", mnist_dir), _command("anime", anime_dir)
     return [
         HandInFile("result_mnist.jpg", mnist_dir / "result_mnist.jpg", f'{NB01}, section "Algorithm 2: sampling"',
-                   grid=(5, 5), image_size=mnist_image_size),
-        HandInFile("loss_mnist.jpg", mnist_dir / "loss_mnist.jpg", f'{NB01}, section "Train"'),
+                   grid=(5, 5), image_size=mnist_image_size, command=mnist),
+        HandInFile("loss_mnist.jpg", mnist_dir / "loss_mnist.jpg", f'{NB01}, section "Train"', command=mnist),
         HandInFile("result_anime.jpg", anime_dir / "result_anime.jpg", f'{NB02}, section "Sample"',
-                   grid=(5, 5), image_size=anime_image_size),
-        HandInFile("loss_anime.jpg", anime_dir / "loss_anime.jpg", f'{NB02}, section "Train"'),
+                   grid=(5, 5), image_size=anime_image_size, command=anime),
+        HandInFile("loss_anime.jpg", anime_dir / "loss_anime.jpg", f'{NB02}, section "Train"', command=anime),
     ]
+
+
+def _command(name: str, output_dir: Path) -> str:
+    """The CLI command that writes notebook ``name``'s set in ``output_dir`` again (from its checkpoint: with
+    resume on, a finished run trains nothing more). An experiment's folder (``<name>-<run_name>``) names it."""
+    run_name = output_dir.name[len(name) + 1:] if output_dir.name.startswith(f"{name}-") else ""
+    return f"python -m utils.cli --config {name}" + (f" --run_name {run_name}" if run_name else "")
 
 
 def iclevr_files(output_dir: str | Path, *, image_size: int = 64) -> list[HandInFile]:
     """The DLP iCLEVR lab's files in notebook 03's ``output_dir``."""
     out = Path(output_dir)
+    command = _command("iclevr", out)
     sampled = f'{NB03}, section "The hand-in images"'
     files = [HandInFile(f"{name}/{i}.png", out / name / f"{i}.png", sampled, image_size=image_size)
              for name in ("test", "new_test") for i in range(ICLEVR_SET_SIZE)]
@@ -92,7 +109,7 @@ def iclevr_files(output_dir: str | Path, *, image_size: int = 64) -> list[HandIn
         HandInFile("guidance_sweep.png", out / "guidance_sweep.png", f'{NB03}, section "Choosing w" ({NEEDS_EVALUATOR})'),
         HandInFile("loss_iclevr.jpg", out / "loss_iclevr.jpg", f'{NB03}, section "Train"'),
     ]
-    return files
+    return [dataclasses.replace(item, command=command) for item in files]
 
 
 # ----------------------------------------------------------------------------- checks
@@ -146,15 +163,52 @@ def _grid_problem(width: int, height: int, grid: tuple[int, int], image_size: in
     return f"is a grid of {found[0]} per row × {found[1]} rows; the assignment needs {need}"
 
 
+# ----------------------------------------------------------------------------- provenance: one checkpoint per set
+def provenance_problems(files: list[HandInFile]) -> dict[str, str]:
+    """What is wrong with where each file comes from (name → problem), per output folder: no record of the
+    checkpoint that made it, changed since it was written, or made from another checkpoint than the newest
+    file of its folder (a stale file of an interrupted run)."""
+    problems: dict[str, str] = {}
+    by_dir: dict[Path, list[HandInFile]] = {}
+    for item in files:
+        if item.source.is_file():
+            by_dir.setdefault(item.set_dir, []).append(item)
+    for folder, items in by_dir.items():
+        records = provenance(folder)
+        known: dict[str, dict] = {}
+        for item in items:
+            record = records.get(item.name)
+            if not isinstance(record, dict) or "run_id" not in record:
+                problems[item.name] = (f"records no checkpoint (no entry in {folder / 'provenance.json'}: written by "
+                                       "hand, copied, or by an older version of this bundle), so it cannot be "
+                                       "checked to belong with the rest of the set")
+            elif record.get("sha256") != file_sha256(item.source):
+                problems[item.name] = (f"was changed after {Source(record['run_id'], record['step'])} wrote it "
+                                       "(overwritten by other code or by hand)")
+            else:
+                known[item.name] = record
+        if not known:
+            continue
+        newest_name = max(known, key=lambda n: (known[n].get("time", 0), known[n]["step"]))
+        newest = Source(known[newest_name]["run_id"], known[newest_name]["step"])
+        for name, record in known.items():
+            made = Source(record["run_id"], record["step"])
+            if made != newest:
+                problems[name] = (f"is stale: made from {made}, while {newest_name} is from {newest} (a run "
+                                  "interrupted before it wrote its whole set?)")
+    return problems
+
+
 def report(files: list[HandInFile]) -> list[tuple[str, str | None, str]]:
     """One (label, problem or None, made_by) per file, with a folder's files (``test/0.png`` …) as one entry."""
     groups: dict[str, list[HandInFile]] = {}
     for item in files:
         key = item.name.split("/")[0] + "/" if "/" in item.name else item.name
         groups.setdefault(key, []).append(item)
+    origin = provenance_problems(files)
     rows = []
     for label, items in groups.items():
-        problems = [(item.name, check_file(item)) for item in items]
+        problems = [(item.name, check_file(item) or origin.get(item.name)) for item in items]
         bad = [(name, problem) for name, problem in problems if problem]
         if len(items) == 1:
             problem = bad[0][1] if bad else None
@@ -165,15 +219,29 @@ def report(files: list[HandInFile]) -> list[tuple[str, str | None, str]]:
         else:
             problem = f"{len(bad)} of {len(items)} images are wrong (first: {bad[0][0]} {bad[0][1]})"
         label = f"{label} ({len(items)} images)" if len(items) > 1 else label
-        rows.append((label, problem, items[0].made_by))
+        made_by = items[0].made_by + (f", or for the whole set `{items[0].command}`" if items[0].command else "")
+        rows.append((label, problem, made_by))
     return rows
 
 
 def status(files: list[HandInFile]) -> str:
-    """A table of the set: ``ok`` or what is wrong, and for a problem the notebook section that writes the file."""
-    width = max(len(label) for label, _, _ in report(files))
-    return "\n".join(f"{label:{width}s}  " + ("ok" if problem is None else f"{problem}; made by {made_by}")
-                     for label, problem, made_by in report(files))
+    """A table of the set: ``ok`` or what is wrong, and for a problem the notebook section that writes the file;
+    then the checkpoint each output folder's files come from, and any set started there and not finished."""
+    rows = report(files)
+    width = max(len(label) for label, _, _ in rows)
+    lines = [f"{label:{width}s}  " + ("ok" if problem is None else f"{problem}; made by {made_by}")
+             for label, problem, made_by in rows]
+    for folder in dict.fromkeys(item.set_dir for item in files):
+        records = provenance(folder)
+        sources = {Source(r["run_id"], r["step"]) for item in files if item.set_dir == folder
+                   and isinstance(r := records.get(item.name), dict) and "run_id" in r}
+        if len(sources) == 1:
+            lines.append(f"{folder}: made from {next(iter(sources))}")
+        for source, names in unfinished(folder):
+            lines.append(f"{folder}: a newer set from {source} was started ({', '.join(_compact(names))}) and not "
+                         "finished (interrupted?): the files above are the previous set. Run the cells that write the "
+                         "rest (through the one that hands the set in), or the command above, to replace them.")
+    return "\n".join(lines)
 
 
 def check(files: list[HandInFile], assignment: str) -> None:
@@ -255,8 +323,9 @@ def export_imvfx(student_id: str, mnist_dir: str | Path, anime_dir: str | Path, 
     zip_dir = Path(zip_dir) if zip_dir is not None else Path(anime_dir).parent
     readme = write_readme(zip_dir / "readme.txt")
     files.append(HandInFile("readme.txt", readme, "utils.export.write_readme"))
+    notes = _origin_notes(files[:-1])
     path = write_zip(zip_dir / f"{student_id}_hw2_2.zip", files)
-    return HandIn(path, [item.name for item in files], readme)
+    return HandIn(path, [item.name for item in files], readme, notes)
 
 
 def export_iclevr(student_id: str, output_dir: str | Path, zip_dir: str | Path | None = None, *,
@@ -268,7 +337,19 @@ def export_iclevr(student_id: str, output_dir: str | Path, zip_dir: str | Path |
     check(files, "DLP iCLEVR")
     zip_dir = Path(zip_dir) if zip_dir is not None else Path(output_dir).parent
     path = write_zip(zip_dir / f"{student_id}_iclevr.zip", files)
-    return HandIn(path, [item.name for item in files])
+    return HandIn(path, [item.name for item in files], notes=_origin_notes(files))
+
+
+def _origin_notes(files: list[HandInFile]) -> list[str]:
+    """For a checked set: the checkpoint each folder's files come from, and any newer set left unfinished there."""
+    notes = []
+    for folder in dict.fromkeys(item.set_dir for item in files):
+        record = provenance(folder).get(next(item.name for item in files if item.set_dir == folder), {})
+        notes.append(f"  {folder.name}: made from {Source(record['run_id'], record['step'])}")
+        notes += [f"  Note: a newer set from {source} was started in {folder} and not finished ({', '.join(_compact(names))}"
+                  "): this zip holds the previous, complete set. To hand in the newer model, run its sampling cells to "
+                  "the end, then export again." for source, names in unfinished(folder)]
+    return notes
 
 
 def _compact(names: list[str]) -> list[str]:
