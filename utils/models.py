@@ -53,7 +53,7 @@ class ConditionalUNet(nn.Module):
 
 
 @torch.no_grad()
-def conditioning_response(model: nn.Module, *, seed: int = 0) -> dict[str, dict[str, float]]:
+def conditioning_response(model: nn.Module, *, image_size: int | None = None, seed: int = 0) -> dict[str, dict[str, float]]:
     """How much each ResNet block's output moves when only its condition changes: {block name: {"t": …, "label": …}}.
 
     One forward pass of a random image records every ResNet block's input. Each block then runs again on
@@ -61,12 +61,13 @@ def conditioning_response(model: nn.Module, *, seed: int = 0) -> dict[str, dict[
     ``ConditionalUNet``, only in the label (two random multi-hot lists); the number is
     ‖out_a − out_b‖ / ‖out_a‖. A block whose GroupNorm has one channel per group after an additive
     embedding (``resnet_time_scale_shift="default"``) gives ≈ 1e-7: it cannot see t or y. Random weights
-    are enough: the cancellation is exact whatever they are.
+    are enough: the cancellation is exact whatever they are, and so is the image size (``image_size``:
+    default the model's; a smaller one that still halves through every level probes the same blocks faster).
     """
     from diffusers.models.resnet import ResnetBlock2D
 
     unet = model.unet if isinstance(model, ConditionalUNet) else model
-    size, channels = unet.config.sample_size, unet.config.in_channels
+    size, channels = image_size or unet.config.sample_size, unet.config.in_channels
     gen = torch.Generator().manual_seed(seed)
     device = next(unet.parameters()).device
     x = torch.randn(1, channels, size, size, generator=gen).to(device)
@@ -111,10 +112,10 @@ def conditioning_response(model: nn.Module, *, seed: int = 0) -> dict[str, dict[
     return out
 
 
-def blind_blocks(model: nn.Module, threshold: float = 1e-3) -> list[str]:
+def blind_blocks(model: nn.Module, threshold: float = 1e-3, image_size: int | None = None) -> list[str]:
     """Names of the ResNet blocks whose output changes by less than ``threshold`` (relative) when only t or
     the label changes (``conditioning_response``): levels the network cannot condition."""
-    return [name for name, response in conditioning_response(model).items()
+    return [name for name, response in conditioning_response(model, image_size=image_size).items()
             if min(response.values()) < threshold]
 
 
