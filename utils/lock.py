@@ -169,6 +169,8 @@ class TrainingLock:
         """Raise ``LockLost`` unless this run still holds the lock."""
         if self._lost is None:
             raw, age = self._read_raw()
+            if raw is None and self.path.exists():
+                return                                           # unreadable this instant (a Drive hiccup): no verdict
             held = _parse(raw) if raw is not None else {}
             if held.get("token") != self.token:
                 self._lost = (f"{_describe(held, raw)} holds it now (renewed {age:.0f} s ago)" if raw is not None
