@@ -91,12 +91,13 @@ def test_a_file_that_is_not_a_checkpoint_is_refused(tiny_cfg):
 
 
 def test_a_bare_state_dict_saved_over_last_pt_falls_back_to_the_one_before(tiny_cfg):
-    _train(dataclasses.replace(tiny_cfg, max_steps=8))             # checkpoints at 4 and 8: 4 is kept as previous
+    cfg = dataclasses.replace(tiny_cfg, max_steps=4, checkpoint_every=2, log_every=2)
+    _train(cfg)                                                      # checkpoints at 2 and 4: 2 is kept as previous
     path = training.checkpoint_path(tiny_cfg.checkpoint_dir)
     torch.save(models.build_model(tiny_cfg).state_dict(), path)     # a student's torch.save(model.state_dict(), ...)
-    with pytest.warns(UserWarning, match=r"bare state dict.*using the checkpoint before it, last\.previous\.pt \(step 4\)"):
-        result = _train(dataclasses.replace(tiny_cfg, max_steps=10))
-    assert result.step == 10 and len(result.loss_history) == 10     # resumed from step 4
+    with pytest.warns(UserWarning, match=r"bare state dict.*using the checkpoint before it, last\.previous\.pt \(step 2\)"):
+        result = _train(dataclasses.replace(cfg, max_steps=5))
+    assert result.step == 5 and len(result.loss_history) == 5       # resumed from step 2
     assert len(list(path.parent.glob("last.damaged-*.pt"))) == 1      # the weights are kept, renamed
 
 
@@ -112,7 +113,9 @@ def test_a_bare_state_dict_with_nothing_to_fall_back_on_says_how_to_use_it(tiny_
 def test_another_notebooks_checkpoint_is_named_as_such(tiny_cfg):
     from utils import config
 
-    _train(tiny_cfg)                                                 # an MNIST run
+    path = training.checkpoint_path(tiny_cfg.checkpoint_dir)        # an MNIST run's checkpoint …
+    path.parent.mkdir(parents=True)
+    torch.save({"format": training.CHECKPOINT_FORMAT, "config": tiny_cfg.to_dict(), "step": 6}, path)
     anime = config.make_config("anime", "smoke", workdir=tiny_cfg.workdir, checkpoint_dir=tiny_cfg.checkpoint_dir)
     with pytest.raises(training.CheckpointError, match="is an 'mnist' checkpoint, not an 'anime' one") as err:
         training.load_checkpoint(training.checkpoint_path(anime.checkpoint_dir), anime)
@@ -120,26 +123,26 @@ def test_another_notebooks_checkpoint_is_named_as_such(tiny_cfg):
 
 
 def test_a_run_keeps_its_run_id_across_resumes_and_a_new_run_gets_another(tiny_cfg):
-    first = _train(dataclasses.replace(tiny_cfg, max_steps=4))
-    resumed = _train(dataclasses.replace(tiny_cfg, max_steps=6))
+    first = _train(dataclasses.replace(tiny_cfg, max_steps=1))
+    resumed = _train(dataclasses.replace(tiny_cfg, max_steps=2))
     saved = training.load_checkpoint(training.checkpoint_path(tiny_cfg.checkpoint_dir))
-    assert first.run_id and resumed.run_id == first.run_id == saved["run_id"] and saved["step"] == resumed.step == 6
-    assert _train(dataclasses.replace(tiny_cfg, max_steps=2, resume=False)).run_id != first.run_id
+    assert first.run_id and resumed.run_id == first.run_id == saved["run_id"] and saved["step"] == resumed.step == 2
+    assert _train(dataclasses.replace(tiny_cfg, max_steps=1, resume=False)).run_id != first.run_id
 
 
 def test_a_run_whose_lock_was_taken_over_stops_at_its_next_checkpoint_without_writing(tiny_cfg):
     import json
 
-    cfg = dataclasses.replace(tiny_cfg, max_steps=8)                 # checkpoints at 4 and 8, read-outs every 2
+    cfg = dataclasses.replace(tiny_cfg, max_steps=4, checkpoint_every=2, log_every=1)   # checkpoints at 2 and 4
     lock = training.TrainingLock(cfg.checkpoint_dir).path
 
-    def taken_over_after_step_4(progress):                          # paused past the staleness: another run took it
-        if progress.step > 4:
+    def taken_over_after_step_2(progress):                          # paused past the staleness: another run took it
+        if progress.step == 3:
             lock.write_text(json.dumps({"token": "other", "host": "colab-2", "pid": 1, "since": "2026-12-01 10:00"}))
 
-    with pytest.raises(training.LockLost, match=r"no longer holds the lock.*colab-2.*step 8 was not written"):
-        _train(cfg, on_log=taken_over_after_step_4)
-    assert training.load_checkpoint(training.checkpoint_path(cfg.checkpoint_dir))["step"] == 4
+    with pytest.raises(training.LockLost, match=r"no longer holds the lock.*colab-2.*step 4 was not written"):
+        _train(cfg, on_log=taken_over_after_step_2)
+    assert training.load_checkpoint(training.checkpoint_path(cfg.checkpoint_dir))["step"] == 2
     assert json.loads(lock.read_text())["token"] == "other"            # the other run's lock is left alone
     assert not list(lock.parent.glob("*.tmp"))
 
