@@ -159,6 +159,9 @@ def hand_ins(tmp_path_factory):
     zip_folder(iclevr_output(work / "missing", seed=7), subs / "312551007_iclevr.zip",
                skip={"new_test/30.png", "new_test/31.png", "accuracy.json"})
     export_zip(iclevr_output(work / "王小明", seed=8), subs / "王小明 (312551008) lab6.zip")
+    site = subs / "王小明_1234_assignsubmission_file_"          # a course site's per-student download folder
+    site.mkdir()
+    export_zip(iclevr_output(work / "site", seed=9), site / "312551009_iclevr.zip")
     # copies of 312551001
     export_zip(transformed_copy(good, work / "resaved", lambda im: Image.open(io.BytesIO(png_bytes(im)))),
                subs / "312551011_iclevr.zip")
@@ -333,6 +336,11 @@ def test_missing_images_score_no_hit_and_missing_files_are_named(batch):
 def test_another_zip_name_is_read_for_the_student_id_and_flagged(batch):
     r = row(batch, "王小明 (312551008) lab6.zip")
     assert r.student == "312551008" and r.status == "ok" and "name" in r.flags
+
+
+def test_a_course_sites_folder_around_the_zip_is_graded_under_the_zips_student_id(batch):
+    r = row(batch, "王小明_1234_assignsubmission_file_")
+    assert r.student == "312551009" and r.status == "ok" and "nested_zip" in r.flags and "name" not in r.flags
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -531,7 +539,7 @@ def test_a_failure_of_the_grader_on_one_hand_in_does_not_stop_the_batch(tmp_path
     real = grade.GRADERS["iclevr"]
 
     def flaky(hand_in, grader, scratch, graded):
-        if graded.student == "312551001":
+        if graded.submission.startswith("312551001"):
             raise ZeroDivisionError("a bug")
         return real(hand_in, grader, scratch, graded)
 
@@ -559,10 +567,10 @@ def test_a_second_run_reuses_unchanged_hand_ins_by_content(tmp_path, hand_ins, c
     first = grade.grade_folder(subs, grader, progress=False)
     graded = []
     real = grade.GRADERS["iclevr"]
-    monkeypatch.setitem(grade.GRADERS, "iclevr", lambda h, g, s, r: graded.append(r.student) or real(h, g, s, r))
+    monkeypatch.setitem(grade.GRADERS, "iclevr", lambda h, g, s, r: graded.append(r.submission) or real(h, g, s, r))
     export_zip(iclevr_output(tmp_path / "new", seed=12), subs / "312551002_iclevr.zip")   # a new hand-in
     second = grade.grade_folder(subs, grader, progress=False)
-    assert graded == ["312551002"]
+    assert graded == ["312551002_iclevr.zip"]
     assert grade_report.csv_rows(second)[1][0] == grade_report.csv_rows(first)[1][0]
     other = grade.make_grader("iclevr", tmp_path / "graded", evaluator=checkpoint, device="cpu",
                               labels=_labels_copy(tmp_path))

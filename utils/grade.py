@@ -67,6 +67,7 @@ class Graded:
     images: ImageSet | None = None
     thumbs: dict[str, str] = field(default_factory=dict)   # caption → path relative to the report folder
     sheet: dict | None = None           # the contact sheet of ``images``: path, columns, cell
+    inner_name: str = ""                # the zip graded inside a folder or zip that only wrapped it
 
     @property
     def flags(self) -> list[str]:
@@ -77,13 +78,14 @@ class Graded:
 
     def to_json(self) -> dict:
         return {"status": self.status, "problems": self.problems, "scores": self.scores, "thumbs": self.thumbs,
-                "sheet": self.sheet, "notes": [[n.code, n.message, n.problem] for n in self.notes],
+                "sheet": self.sheet, "inner_name": self.inner_name,
+                "notes": [[n.code, n.message, n.problem] for n in self.notes],
                 "images": self.images.to_json() if self.images is not None else None}
 
     @classmethod
-    def from_json(cls, data: dict, submission: str, student: str, sha256: str) -> Graded:
-        graded = cls(submission, student, data["status"], sha256, list(data["problems"]),
-                     [Note(*n) for n in data["notes"]], data["scores"], None, data["thumbs"], data["sheet"])
+    def from_json(cls, data: dict, submission: str, sha256: str) -> Graded:
+        graded = cls(submission, "", data["status"], sha256, list(data["problems"]), [Note(*n) for n in data["notes"]],
+                     data["scores"], None, data["thumbs"], data["sheet"], data["inner_name"])
         if data["images"] is not None:
             graded.images = ImageSet.from_json(submission, data["images"])
         return graded
@@ -219,7 +221,7 @@ def _check_files(hand_in: HandIn, grader: Grader, scratch: Path, graded: Graded)
     where = locate(hand_in.entries, [item.name for item in items])
     problems: dict[str, str | None] = {}
     images: dict[str, Image.Image] = {}
-    swapped = []
+    swapped, not_png = [], []
     for item in items:
         if item.name not in where:
             problems[item.name] = "missing"
@@ -233,8 +235,7 @@ def _check_files(hand_in: HandIn, grader: Grader, scratch: Path, graded: Graded)
             if item.name.endswith((".png", ".jpg")):
                 image = open_image(data, hand_in.limits)
                 if item.name.endswith(".png") and image.format != "PNG":
-                    graded.note("not_png", f"{entry} is a {image.format} file, not a PNG (lossy formats change what "
-                                "the evaluator sees)")
+                    not_png.append(f"{entry} ({image.format})")
                 images[item.name] = image
                 Image.new("L", image.size).save(item.source, format="PNG", compress_level=1)   # what check_file reads: the size
             else:
@@ -245,6 +246,10 @@ def _check_files(hand_in: HandIn, grader: Grader, scratch: Path, graded: Graded)
     if swapped:
         graded.note("other_suffix", f"{len(swapped)} file{'s' * (len(swapped) > 1)} handed in with another suffix "
                     f"({', '.join(f'{e} for {n}' for n, e in swapped[:2])}{' …' if len(swapped) > 2 else ''})")
+    if not_png:
+        graded.note("not_png", f"{len(not_png)} image{'s' * (len(not_png) > 1)} the assignment asks as PNG "
+                    f"{'are' if len(not_png) > 1 else 'is'} another format ({', '.join(not_png[:2])}"
+                    f"{' …' if len(not_png) > 2 else ''}): a lossy format changes what the evaluator sees")
     if not any(p != "missing" for p in problems.values()):
         raise Rejected("holds none of the assignment's files (looked for " + ", ".join(
             i.name for i in items if "/" not in i.name or i.name.endswith("/0.png")) + f"); it holds: {_listing(hand_in)}")
@@ -377,7 +382,8 @@ def _claimed(data: dict | None, graded: Graded) -> None:
         measured = score["accuracy"]
         wrong_hits = isinstance(claimed_hits, int) and claimed_hits != score["hits"]
         if abs(claimed - measured) > tolerance or wrong_hits:
-            graded.note("accuracy_mismatch", f"accuracy.json claims {set_name} {value}{'%' * percent}"
+            shown = str(value) if len(str(value)) <= 8 else f"{value:.4f}"
+            graded.note("accuracy_mismatch", f"accuracy.json claims {set_name} {shown}{'%' * percent}"
                         + (f" ({claimed_hits} hits)" if isinstance(claimed_hits, int) else "")
                         + f"; the course evaluator measures {measured:.4f} ({score['hits']}/{score['labels']}) "
                         f"on the handed-in images" + (f" ({score['images']} of 32 there)" if score["images"] < 32 else ""))
@@ -414,8 +420,8 @@ def _grade_imvfx(hand_in: HandIn, grader: Grader, scratch: Path, graded: Graded)
         _note_blank(graded)
         graded.sheet = _write_sheet(cells, grader, graded, columns=10)
     where = locate(hand_in.entries, ["readme.txt"])
-    if "readme.txt" in where and "readme.txt" not in " ".join(graded.problems):
-        text = hand_in.read(where["readme.txt"][0]).decode("utf-8", "replace")
+    if "readme.txt" in where and not any(p.startswith("readme.txt:") for p in graded.problems):
+        text = hand_in.read(where["readme.txt"][0]).decode("utf-8", "replace")   # read once already: within the cap
         if not text.strip():
             graded.problems.append("readme.txt: is empty")
         elif export.README_MARKER in text:
@@ -487,20 +493,18 @@ GRADERS = {"iclevr": _grade_iclevr, "imvfx": _grade_imvfx}
 def grade_one(path: Path, grader: Grader, *, use_cache: bool = True) -> Graded:
     """Grade one hand-in (zip or folder). Never raises: a hand-in that cannot be graded gets status
     ``rejected`` with the reason; a failure of the grader itself gets ``error`` with the exception."""
-    student, exact = student_id(path.name, grader.assignment)
-    graded = Graded(printable(path.name), student)
+    graded = Graded(printable(path.name), "")
     try:
         graded.sha256 = content_sha256(path, grader.limits)
     except OSError as err:
         graded.status, graded.problems = "rejected", [f"cannot be read ({err.strerror or err})"]
-        return graded
+        return _identify(graded, grader)
     cached = grader.cache_dir / f"{graded.sha256}.json"
     if use_cache and cached.is_file():
         try:
-            row = Graded.from_json(json.loads(cached.read_text()), graded.submission, student, graded.sha256)
+            row = Graded.from_json(json.loads(cached.read_text()), graded.submission, graded.sha256)
             if all((grader.out / p).is_file() for p in [*row.thumbs.values(), *([row.sheet["path"]] if row.sheet else [])]):
-                _name_note(row, exact, grader)
-                return row
+                return _identify(row, grader)
         except (ValueError, KeyError, TypeError):
             pass                                    # an unreadable cache entry: grade again
     hand_in = None
@@ -508,6 +512,7 @@ def grade_one(path: Path, grader: Grader, *, use_cache: bool = True) -> Graded:
     try:
         hand_in = open_hand_in(path, grader.limits)
         graded.notes += hand_in.notes
+        graded.inner_name = hand_in.inner_name
         GRADERS[grader.assignment](hand_in, grader, scratch, graded)
         problem = graded.problems or any(n.problem for n in graded.notes)
         graded.status = "incomplete" if problem else "ok"
@@ -526,14 +531,21 @@ def grade_one(path: Path, grader: Grader, *, use_cache: bool = True) -> Graded:
         tmp = cached.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(graded.to_json()))
         os.replace(tmp, cached)
-    _name_note(graded, exact, grader)
-    return graded
+    return _identify(graded, grader)
 
 
-def _name_note(graded: Graded, exact: bool, grader: Grader) -> None:
+def _identify(graded: Graded, grader: Grader) -> Graded:
+    """The student id from the hand-in's name, or from the zip inside it when only that one is named properly."""
+    student, exact = student_id(graded.submission, grader.assignment)
+    if not exact and graded.inner_name:
+        inner, inner_exact = student_id(graded.inner_name, grader.assignment)
+        if inner_exact:
+            student, exact = inner, True
+    graded.student = student
     if not exact:
         graded.note("name", f"named {graded.submission!r}, not <student_id>_{ASSIGNMENTS[grader.assignment]}.zip; "
-                    f"read as student {graded.student!r}")
+                    f"read as student {student!r}")
+    return graded
 
 
 def _scratch_root(grader: Grader) -> Path:
@@ -606,13 +618,22 @@ def _flag_batch(batch: Batch, training: TrainingHashes | None) -> None:
     hashed = [k for k, row in enumerate(batch.rows) if row.images is not None]
     sets = [batch.rows[k].images for k in hashed]
     same = lambda a, b: batch.rows[hashed[a]].student == batch.rows[hashed[b]].student   # noqa: E731
+    partners: dict[int, list] = {}
     for pair in find_copies(sets, same_owner=same):
         pair.a, pair.b = hashed[pair.a], hashed[pair.b]
         batch.pairs.append(pair)
-        a, b = batch.rows[pair.a], batch.rows[pair.b]
-        for row, other in ((a, b), (b, a)):
-            row.note("copy", f"{len(pair.matches)} of {pair.compared} images match {other.student}'s "
-                     f"({other.submission}; score {pair.score:.2f})")
+        partners.setdefault(pair.a, []).append((pair.b, pair))
+        partners.setdefault(pair.b, []).append((pair.a, pair))
+    for k, found in partners.items():
+        if len(found) == 1:
+            other, pair = batch.rows[found[0][0]], found[0][1]
+            message = (f"{len(pair.matches)} of {pair.compared} images match {other.student}'s ({other.submission}; "
+                       f"score {pair.score:.2f})")
+        else:
+            message = f"images match {len(found)} other hand-ins: " + ", ".join(
+                f"{batch.rows[o].student} ({len(p.matches)} of {p.compared})" for o, p in found[:5]) + (
+                " …" if len(found) > 5 else "")
+        batch.rows[k].note("copy", message + "; see Possible copies")
     if training is None:
         return
     for k in hashed:

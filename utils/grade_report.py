@@ -90,7 +90,9 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 .flag.copy, .flag.training_copy, .flag.accuracy_mismatch, .flag.unsafe_path { background: #ffc9c9; }
 tr.flagged td:first-child { border-left: 4px solid #e03131; }
 ul { margin: 0; padding-left: 1.1em; } li.problem { color: #a61e1e; }
-img.thumb { max-width: 180px; image-rendering: pixelated; margin: 2px; border: 1px solid #ccc; }
+img.thumb { max-width: 150px; max-height: 120px; image-rendering: pixelated; margin: 2px; border: 1px solid #ccc;
+            vertical-align: top; }
+td.thumbs { white-space: nowrap; } td.notes { min-width: 320px; }
 .pair { border: 1px solid #ddd; border-radius: 6px; padding: 8px 12px; margin: 12px 0; }
 .matches { display: flex; flex-wrap: wrap; gap: 10px; }
 figure { margin: 0; text-align: center; font-size: 11px; }
@@ -162,10 +164,10 @@ def _row_html(batch, k: int, row) -> str:
     cells.append(f'<td data-sort="{len(flagged)}">{flags}</td>')
     items = [f'<li class="problem">{_e(p)}</li>' for p in row.problems]
     items += [f'<li{" class=problem" if n.problem else ""}>{_e(n.message)}</li>' for n in row.notes]
-    cells.append(f'<td data-sort="{len(row.problems)}"><ul>{"".join(items)}</ul></td>')
+    cells.append(f'<td class="notes" data-sort="{len(row.problems)}"><ul>{"".join(items)}</ul></td>')
     thumbs = "".join(f'<a href="{_e(path)}"><img class="thumb" loading="lazy" src="{_e(path)}" alt="{_e(caption)}" '
                      f'title="{_e(caption)}"></a>' for caption, path in row.thumbs.items())
-    cells.append(f"<td>{thumbs or '—'}</td>")
+    cells.append(f'<td class="thumbs">{thumbs or "—"}</td>')
     return f'<tr id="row-{k}" class="{"flagged" if flagged else ""}">{"".join(cells)}</tr>'
 
 
@@ -214,7 +216,7 @@ def render_html(batch) -> str:
 <h1>{_e(TITLES[grader.assignment])}: {len(batch.rows)} hand-ins</h1>
 <p>{_e(counts)}; <a href="#copies">{len(batch.pairs)} possible copy pair{"s" * (len(batch.pairs) != 1)}</a>.
 Graded {_e(time.strftime("%Y-%m-%d %H:%M"))} by <code>python -m utils.grade {_e(grader.assignment)}</code>.
-{_e("; ".join(setup))} Click a column header to sort.</p>
+{_e("; ".join(setup) + ".") if setup else ""} Click a column header to sort.</p>
 <table id="grades"><thead><tr>{"".join(f"<th>{_e(h)}</th>" for h in header)}</tr></thead>
 <tbody>
 {chr(10).join(_row_html(batch, k, row) for k, row in enumerate(batch.rows))}

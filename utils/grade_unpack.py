@@ -66,6 +66,7 @@ class HandIn:
 
     entries: dict[str, int]
     notes: list[Note] = field(default_factory=list)
+    inner_name: str = ""          # the zip actually graded, when the hand-in only wrapped it (a folder, a zip)
     _zip: zipfile.ZipFile | None = None
     _root: Path | None = None
     _infos: dict[str, zipfile.ZipInfo] = field(default_factory=dict)
@@ -98,13 +99,21 @@ class HandIn:
 def open_hand_in(path: str | Path, limits: Limits = Limits()) -> HandIn:
     """Open a hand-in zip or folder for reading, or raise ``Rejected`` with the reason.
 
-    A zip that holds nothing but one other zip (a student zipped the zip) is opened one level down, in memory.
+    A zip that holds nothing but one other zip (a student zipped the zip) is opened one level down, in memory;
+    a folder that holds nothing but one zip (a course site's per-student download folder) opens that zip.
     """
     path = Path(path)
     if path.is_symlink():
         raise Rejected("is a link; links are not followed. Copy the hand-in itself into the folder.")
     if path.is_dir():
-        return _open_folder(path, limits)
+        folder = _open_folder(path, limits)
+        if len(folder.entries) == 1 and next(iter(folder.entries)).lower().endswith(".zip"):   # a course site's
+            inner = next(iter(folder.entries))                                                  # per-student folder
+            hand_in = _open_zip(path / inner, limits, folder.entries[inner])
+            hand_in.inner_name = PurePosixPath(inner).name
+            hand_in.notes = folder.notes + [Note("nested_zip", f"the folder holds only a zip ({inner}); graded that one")]
+            return hand_in
+        return folder
     suffix = path.suffix.lower()
     if suffix in ARCHIVE_SUFFIXES:
         raise Rejected(f"is a {suffix} archive; the assignment asks for a .zip. Ask the student for a zip.")
@@ -116,6 +125,7 @@ def open_hand_in(path: str | Path, limits: Limits = Limits()) -> HandIn:
         data = hand_in.read(inner[0])
         hand_in.close()
         nested = _open_zip(io.BytesIO(data), limits, len(data))
+        nested.inner_name = PurePosixPath(inner[0]).name
         nested.notes = hand_in.notes + [Note("nested_zip", f"the zip holds only another zip ({inner[0]}); graded that one")]
         return nested
     return hand_in
