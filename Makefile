@@ -4,7 +4,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test student gpu-check benchmarks clean
+.PHONY: setup demo test test-fast student gpu-check benchmarks clean
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,10 @@ $(WIDGETS7)/.installed: $(VENV)/.installed
 test: setup $(WIDGETS7)/.installed
 	DDPM_SMOKE=1 OMP_NUM_THREADS=1 $(BIN)/pytest
 	DDPM_SMOKE=1 OMP_NUM_THREADS=1 DDPM_EXPECT_IPYWIDGETS=7.7.1 PYTHONPATH=$(WIDGETS7) $(BIN)/pytest tests/test_widgets.py
+
+# The edit loop: unit tests only, no notebook runs (tests marked `notebook` and nbval over notebooks/ left out).
+test-fast: setup
+	DDPM_SMOKE=1 OMP_NUM_THREADS=1 $(BIN)/pytest tests -m "not notebook" -q
 
 # On a machine with a CUDA GPU: benchmarks and the smoke suite on the GPU → benchmarks/results/gpu_check.md.
 # Any Python that has requirements-dev.txt works offline: make gpu-check PYTHON=python3

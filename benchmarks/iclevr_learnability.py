@@ -143,7 +143,8 @@ def run_recipe(job: dict) -> dict:
     rows = [score(spec, w) for spec in args["sweep_samplers"] for w in args["scales"]]
     first = [r for r in rows if r["sampler"] == args["sweep_samplers"][0]]
     best_w = max(sorted(first, key=lambda r: r["w"]), key=lambda r: r["value"])["w"]
-    rows += [score(spec, best_w) for spec in args["at_best"]]
+    rows += [score(spec, best_w) for spec in args["at_best"]
+             if spec not in args["only_after"] or name == "after"]
     grid = torch.cat([r["grid"] for r in rows if r["w"] == best_w])
     viz.save_grid(grid, RESULTS / f"{args['name']}_{name}_grid_w{best_w:g}.png", nrow=8, expected=None)
     for r in rows:
@@ -166,6 +167,8 @@ def main():
     parser.add_argument("--sweep-samplers", default="sde-dpm-50", help="fast samplers swept over w (the first picks w)")
     parser.add_argument("--at-best", default="ddim-50,ddpm-1000",
                         help="samplers run at the best w of the first sweep sampler (the hand-in sampler: ddpm-1000)")
+    parser.add_argument("--only-after", default="",
+                        help="of --at-best, the samplers run for the 'after' recipe only (e.g. ddpm-1000 on a busy CPU)")
     parser.add_argument("--jobs", type=int, default=2, help="recipes trained at once (one thread each)")
     parser.add_argument("--name", default="iclevr_learnability", help="result file name")
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "ddpm-iclevr-learnability"),
@@ -183,7 +186,7 @@ def main():
           f"course accuracy on {len(held_out)} held-out drawn scenes: {real.value:.3f} ({real.hits}/{real.total})")
     job_args = dict(workdir=args.workdir, steps=args.steps, budget_minutes=args.budget_minutes, batch_size=args.batch_size,
                     lists=args.lists, scales=[float(w) for w in args.scales.split(",")],
-                    sweep_samplers=args.sweep_samplers.split(","), at_best=args.at_best.split(","), name=args.name)
+                    sweep_samplers=args.sweep_samplers.split(","), at_best=args.at_best.split(","), only_after=args.only_after.split(","), name=args.name)
     jobs = [dict(recipe=r, args=job_args, classifier=classifier.state_dict()) for r in recipes]
     results, wall = run_in_workers(run_recipe, jobs, args.jobs)
     viz.save_grid(held_out.images[:8].float() / 127.5 - 1, RESULTS / f"{args.name}_real.png", nrow=8, expected=None)

@@ -149,6 +149,7 @@ def test_a_parameter_that_is_not_of_its_fields_type_is_refused(tmp_path, field, 
         config.make_config("mnist", "smoke", workdir=str(tmp_path), **{field: value})
 
 
+@pytest.mark.notebook
 def test_papermill_stops_notebook_01_at_an_unknown_parameter(tmp_path):
     import papermill
 

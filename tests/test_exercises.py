@@ -74,6 +74,7 @@ for label, net, clip in (("ex4 raw weights", result.model, True), ("ex5 no clipp
 ]
 
 
+@pytest.mark.notebook
 def test_notebook_01_exercises_run_and_experiments_leave_the_hand_in_alone(tmp_path, monkeypatch):
     nb = _run("01_mnist_ddpm.ipynb", tmp_path, monkeypatch, NB01_SAMPLING_EXERCISES)
     printed = "".join(_printed(nb, i) for i in range(len(nb["cells"]) - 3, len(nb["cells"])))
@@ -115,6 +116,7 @@ print("ex5 missed", missed, "of", int(label_sets["new_test"].sum()), "hand-in", 
 ]
 
 
+@pytest.mark.notebook
 def test_notebook_03_sampling_exercises_run(tmp_path, monkeypatch):
     nb = _run("03_iclevr_cfg.ipynb", tmp_path, monkeypatch, NB03_SAMPLING_EXERCISES)
     assert "ex3 {'test': 72, 'new_test': 84} {'test': 72, 'new_test': 84}" in _printed(nb, -2)

@@ -81,6 +81,7 @@ def test_pasting_the_solutions_back_gives_the_solution_notebook(name):
     # … which is the notebook nbval runs (notebooks/<name>): the solutions pass there.
 
 
+@pytest.mark.notebook
 @pytest.mark.parametrize("name", sorted(REQUIRED))
 def test_the_student_edition_runs_to_its_first_stub_and_stops_there_with_its_message(name, tmp_path, monkeypatch):
     import papermill
