@@ -32,10 +32,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
-from _common import write_result
+from _common import RESULTS, write_result
 from PIL import Image, ImageDraw, ImageFilter
 
 from utils import export, fixtures, grade_copies, viz
@@ -44,6 +45,7 @@ from utils.data.iclevr import BUNDLED_LABELS, COLORS, load_label_lists
 
 ROOT = Path(__file__).resolve().parent.parent
 SETS = ("test", "new_test")
+LIAR = 3                      # the one honest student whose accuracy.json claims 0.2 more than its images score
 LISTS = {name: load_label_lists(BUNDLED_LABELS / f"{name}.json") for name in SETS}
 
 
@@ -82,8 +84,9 @@ def student_images(student: int) -> dict[str, list[Image.Image]]:
     return out
 
 
-def write_output(out: Path, images: dict[str, list[Image.Image]], suffix: str = ".png") -> Path:
-    """Notebook 03's output folder with these images (``.jpg`` files: JPEG q70): every file the export zips."""
+def write_output(out: Path, images: dict[str, list[Image.Image]], claims: dict, suffix: str = ".png") -> Path:
+    """Notebook 03's output folder with these images (``.jpg`` files: JPEG q70) and ``claims`` as its
+    ``accuracy.json``: every file the export zips."""
     import torch
 
     for name in SETS:
@@ -94,7 +97,7 @@ def write_output(out: Path, images: dict[str, list[Image.Image]], suffix: str = 
                                                      for im in images[name]])).permute(0, 3, 1, 2))
         viz.save_grid(tensor, out / f"{name}_grid.png", nrow=8, expected=32)
     viz.denoising_strip([tensor[:1]] * 8, out / "denoising_process.png")
-    (out / "accuracy.json").write_text(json.dumps({"test": {"accuracy": 0.5}, "new_test": {"accuracy": 0.5}}))
+    (out / "accuracy.json").write_text(json.dumps(claims))
     (out / "guidance_sweep.csv").write_text("guidance_scale,test,new_test\n1.0,0.5,0.5\n")
     for name in ("guidance_sweep.png", "loss_iclevr.jpg"):
         Image.new("RGB", (320, 240), "white").save(out / name)
@@ -164,11 +167,36 @@ def make_copy(kind: str, source: int, own: int) -> tuple[dict, list[int]]:
     return images, order
 
 
+class Claims:
+    """What each synthetic student's notebook writes in ``accuracy.json``: the course accuracy of its images as
+    saved (``iclevr_accuracy.accuracy`` on the 8-bit pixels, as notebook 03 computes it)."""
+
+    def __init__(self, evaluator: Path):
+        import torch
+
+        from utils import iclevr_accuracy
+        from utils.data.iclevr import encode_labels, load_objects
+
+        self.torch, self.accuracy = torch, iclevr_accuracy.accuracy
+        self.net = iclevr_accuracy.load_evaluator(evaluator, "cpu")
+        objects = load_objects(BUNDLED_LABELS / "objects.json")
+        self.labels = {name: encode_labels(LISTS[name], objects) for name in SETS}
+
+    def __call__(self, images: dict[str, list[Image.Image]], lie: float = 0.0) -> dict:
+        out = {}
+        for name in SETS:
+            pixels = np.stack([np.asarray(im.convert("RGB")) for im in images[name]])
+            acc = self.accuracy(self.net, to_model(self.torch.from_numpy(pixels).permute(0, 3, 1, 2)), self.labels[name])
+            out[name] = {"accuracy": min(1.0, acc.value + lie), "hits": acc.hits, "labels": acc.total}
+        return out
+
+
 # ----------------------------------------------------------------------------- running the grader
 PEAK = ("import resource, runpy, sys\n"
         "sys.argv = ['utils.grade', *sys.argv[1:]]\n"
         "try:\n    runpy.run_module('utils.grade', run_name='__main__')\n"
-        "finally:\n    print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n")
+        "finally:\n    use = resource.getrusage(resource.RUSAGE_SELF)\n"
+        "    print('PEAK_KB', use.ru_maxrss, 'CPU_S', use.ru_utime + use.ru_stime, file=sys.stderr)\n")
 
 
 def run_grader(submissions: Path, out: Path, evaluator: Path, *extra: str) -> dict:
@@ -180,10 +208,11 @@ def run_grader(submissions: Path, out: Path, evaluator: Path, *extra: str) -> di
     seconds = time.perf_counter() - start
     if result.returncode:
         raise SystemExit(result.stderr)
-    peak_kb = int(result.stderr.rsplit("PEAK_KB", 1)[1].split()[0])
+    usage = result.stderr.rsplit("PEAK_KB", 1)[1].split()
     with open(out / "grades.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    return {"seconds": seconds, "peak_mb": peak_kb / 1024, "rows": rows, "stdout": result.stdout.strip()}
+    return {"seconds": seconds, "cpu_seconds": float(usage[2]), "peak_mb": int(usage[0]) / 1024, "rows": rows,
+            "stdout": result.stdout.strip()}
 
 
 def flagged_pairs(rows: list[dict]) -> set[frozenset]:
@@ -227,10 +256,12 @@ def smoke_exports(work: Path) -> str:
     subs_im.mkdir()
     out_ic = work / "iclevr" / "outputs" / "iclevr"
     hand_in = export.export_iclevr("312550001", out_ic, subs_ic)
-    (work / "outputs").mkdir(exist_ok=True)
-    (work / "outputs" / "readme.txt").write_text("Smoke run of notebooks 01 and 02.\n")
-    export.export_imvfx("312550001", work / "mnist" / "outputs" / "mnist", work / "anime" / "outputs" / "anime",
-                        subs_im)
+    zips = work / "imvfx_zip"
+    zips.mkdir()
+    (zips / "readme.txt").write_text("Smoke run of notebooks 01 and 02.\n")     # the readme the student edited
+    imvfx_zip = export.export_imvfx("312550001", work / "mnist" / "outputs" / "mnist",
+                                    work / "anime" / "outputs" / "anime", zips).zip_path
+    shutil.move(imvfx_zip, subs_im / imvfx_zip.name)
     evaluator = next((work / "iclevr").rglob("checkpoint.pth"))
     result = run_grader(subs_ic, work / "graded_iclevr", evaluator)
     r = result["rows"][0]
@@ -248,12 +279,51 @@ def smoke_exports(work: Path) -> str:
     return "\n".join(f"- {line}" for line in lines)
 
 
+def screenshot(work: Path, subs: Path, copies: dict, evaluator: Path, claims: Claims) -> str:
+    """A small folder of typical cases (honest, a liar, two copies, an incomplete and an empty hand-in),
+    graded, and screenshots of its report page in headless Chromium (→ results/grade_report*.png)."""
+    demo = work / "demo"
+    demo.mkdir()
+    kinds = ("JPEG q50 round trip", "resized to 96 px, reordered, handed in as JPEG q70 .jpg")
+    picked = [min(sid for sid, (k, _, _) in copies.items() if k == kind) for kind in kinds]
+    names = [f"{312600000 + s}_iclevr.zip" for s in range(6)] + [f"{copies[sid][1]}_iclevr.zip" for sid in picked]
+    names += [f"{sid}_iclevr.zip" for sid in picked]
+    for name in dict.fromkeys(names):
+        shutil.copy(subs / name, demo / name)
+    images = student_images(900)
+    out = write_output(work / "tmp", images, claims(images))
+    for path in (out / "new_test" / "30.png", out / "new_test" / "31.png", out / "accuracy.json"):
+        path.unlink()
+    zip_output(out, demo / "312600900_iclevr.zip")
+    shutil.rmtree(out)
+    zipfile.ZipFile(demo / "312600901_iclevr.zip", "w").close()
+    graded = work / "demo_graded"
+    run_grader(demo, graded, evaluator)
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        return "(no Chromium here: no screenshot)"
+    page = (graded / "report.html").read_text(encoding="utf-8")
+    head, body = page.split("<body>", 1)
+    copies_only = graded / "report_copies.html"        # the page's own copies section, as the page renders it
+    copies_only.write_text(head + "<body>" + body[body.index('<h2 id="copies">'):], encoding="utf-8")
+    shots = []
+    for name, html, height in (("grade_report.png", graded / "report.html", 1400),
+                               ("grade_report_copies.png", copies_only, 900)):
+        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                        f"--window-size=1400,{height}", f"--screenshot={RESULTS / name}", html.as_uri()],
+                       capture_output=True, timeout=180, check=True)
+        shots.append(f"[`{name}`]({name})")
+    return f"{len(list(demo.iterdir()))} hand-ins graded and opened in headless Chromium: " + ", ".join(shots)
+
+
 # ----------------------------------------------------------------------------- main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--students", type=int, default=100)
     parser.add_argument("--copies", type=int, default=10, help="copies of each kind")
     parser.add_argument("--smoke-exports", action="store_true")
+    parser.add_argument("--screenshot", action="store_true", help="grade a small folder of typical cases and "
+                        "screenshot its report page in headless Chromium")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temp folder)")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="grade-bench-"))
@@ -262,9 +332,11 @@ def main() -> None:
     evaluator = fixtures.write_evaluator_fixture(work / "checkpoint.pth")
     subs = work / "submissions"
     subs.mkdir(exist_ok=True)
+    claims = Claims(evaluator)
     start = time.perf_counter()
     for s in range(args.students):
-        out = write_output(work / "tmp", student_images(s))
+        images = student_images(s)
+        out = write_output(work / "tmp", images, claims(images, lie=0.2 if s == LIAR else 0.0))
         zip_output(out, subs / f"{312600000 + s}_iclevr.zip")
         shutil.rmtree(out)
     made = time.perf_counter() - start
@@ -272,6 +344,7 @@ def main() -> None:
     first = run_grader(subs, out, evaluator)
     again = run_grader(subs, out, evaluator)
     honest_ids = [r["student"] for r in first["rows"]]
+    mismatched = [r["student"] for r in first["rows"] if "accuracy_mismatch" in r["flags"]]
     false_pairs = flagged_pairs(first["rows"])
     sets = load_sets(out)
     every = np.concatenate([sets[k].hashes for k in honest_ids])
@@ -284,6 +357,14 @@ def main() -> None:
         others = [j for j in range(len(honest_ids)) if j != i]
         same_label += list(np.concatenate([d[np.arange(64), np.flatnonzero(owner == j)] for j in others[:20]]))
     image_fp = float(np.mean(np.array(nearest) <= grade_copies.MAX_DISTANCE))
+    closest = max(grade_copies.find_copies([sets[k] for k in honest_ids], min_fraction=0, min_matches=1),
+                  key=lambda p: len(p.matches), default=None)
+    closest_text = (f"{len(closest.matches)} of {closest.compared} images (score {closest.score:.3f})" if closest
+                    else "no image at all")
+    baseline = subprocess.run([sys.executable, "-c", "import resource, torch, torchvision, utils.grade; "
+                               "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"],
+                              capture_output=True, text=True, cwd=ROOT, check=True)
+    baseline_mb = int(baseline.stdout) / 1024
 
     # copies, and one hand-in with a large checkpoint inside
     copies = {}
@@ -293,13 +374,11 @@ def main() -> None:
             source, own = k % args.students, (k + 7) % args.students
             images, order = make_copy(kind, source, own)
             sid = str(312700000 + k)
-            o = write_output(work / "tmp", images, suffix=suffix)
+            o = write_output(work / "tmp", images, claims(student_images(source)), suffix=suffix)   # its claims too
             zip_output(o, subs / f"{sid}_iclevr.zip")
             shutil.rmtree(o)
             copies[sid] = (kind, str(312600000 + source), order)
             k += 1
-    import zipfile
-
     heavy = subs / "312799999_iclevr.zip"
     shutil.copy(subs / "312600001_iclevr.zip", heavy)
     with zipfile.ZipFile(heavy, "a", zipfile.ZIP_STORED) as archive, archive.open("checkpoint.pth", "w", force_zip64=True) as f:
@@ -326,6 +405,7 @@ def main() -> None:
     n_pairs = args.students * (args.students - 1) // 2
     heavy_row = next(r for r in second["rows"] if r["student"] == "312799999")
     smoke = smoke_exports(work / "smoke") if args.smoke_exports else "(not run: --smoke-exports)"
+    shots = screenshot(work, subs, copies, evaluator, claims) if args.screenshot else "(not run: --screenshot)"
     report = f"""
 # Grading iCLEVR hand-ins (`benchmarks/grade.py`)
 
@@ -337,17 +417,22 @@ is the randomly initialised stand-in: accuracy values are meaningless, their cos
 
 ## Time and memory
 
-| run | hand-ins | wall time | per hand-in | peak memory (RSS) |
-|---|---|---|---|---|
-| first run | {args.students} (64 images each) | {first['seconds']:.1f} s | {first['seconds'] / args.students:.2f} s | {first['peak_mb']:.0f} MB |
-| second run, same folder (cache by content hash) | {args.students} | {again['seconds']:.1f} s | — | {again['peak_mb']:.0f} MB |
-| copies added (graded: only the new ones) | {len(second['rows'])} (+ one with a 256 MB checkpoint) | {second['seconds']:.1f} s | — | {second['peak_mb']:.0f} MB |
+| run | hand-ins | wall time | CPU time (user + sys) | CPU per hand-in | peak memory (RSS) |
+|---|---|---|---|---|---|
+| first run | {args.students} (64 images each) | {first['seconds']:.1f} s | {first['cpu_seconds']:.1f} s | {first['cpu_seconds'] / args.students:.2f} s | {first['peak_mb']:.0f} MB |
+| second run, same folder (cache by content hash) | {args.students} | {again['seconds']:.1f} s | {again['cpu_seconds']:.1f} s | — | {again['peak_mb']:.0f} MB |
+| copies added (graded: only the new ones) | {len(second['rows'])} (+ one with a 256 MB checkpoint) | {second['seconds']:.1f} s | {second['cpu_seconds']:.1f} s | — | {second['peak_mb']:.0f} MB |
+
+The CPU time is what grading costs on a free core; the wall time is what it took next to the other jobs.
 
 Writing the {args.students} synthetic zips took {made:.0f} s (not part of grading). The hand-in with the 256 MB
 checkpoint: status {heavy_row['status']}, flags `{heavy_row['flags']}` (the checkpoint is hashed as a stream for the
-cache key and never read into memory or unpickled). Peak memory is the grading process's high-water mark (torch and
-the evaluator included) and does not grow with the number or size of hand-ins: one hand-in is open at a time, and
-only its 64 hashes (2 KB) are kept.
+cache key and never read into memory or unpickled). Peak memory is the grading process's high-water mark; importing
+torch (the CUDA build), torchvision and the grader alone takes {baseline_mb:.0f} MB of it. It does not grow with the
+number or size of hand-ins: one hand-in is open at a time, and only its 64 hashes (2 KB) are kept.
+
+Each student's `accuracy.json` holds what its notebook computes on the images as saved; one student
+({312600000 + LIAR}) claims 0.2 more. Flagged for a claim beyond rounding: {", ".join(mismatched) or "none"}.
 
 ## False positives (honest students)
 
@@ -356,7 +441,8 @@ only its 64 hashes (2 KB) are kept.
 - Per image, distance (bits of 256) to the nearest image of any other student, min / 0.1 % / 1 % / median:
   {percentiles(nearest)}; to the image of the same label list of another student: {percentiles(same_label)}.
   Share of honest images with another student's image within the match threshold ({grade_copies.MAX_DISTANCE} bits):
-  {image_fp:.4%}. A pair needs at least half of the smaller set matched one to one ({grade_copies.MIN_FRACTION}).
+  {image_fp:.2%}. A pair needs at least half of the smaller set matched one to one ({grade_copies.MIN_FRACTION});
+  the closest honest pair matched {closest_text}.
 
 ## Copies ({args.copies} of each kind, each of a different student)
 
@@ -367,6 +453,10 @@ only its 64 hashes (2 KB) are kept.
 ## Hand-ins from the bundle's own smoke runs and export
 
 {smoke}
+
+## The report page in a browser
+
+{shots}
 """
     write_result("grade", report)
     if not args.keep:

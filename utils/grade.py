@@ -107,10 +107,6 @@ class Grader:
     iclevr_size: int = 64
 
     @property
-    def thumbs_dir(self) -> Path:
-        return self.out / "thumbs"
-
-    @property
     def cache_dir(self) -> Path:
         """Cached rows, one folder per grading setup: another evaluator or other labels never reuse a row."""
         setup = json.dumps([GRADER_VERSION, self.assignment, self.evaluator_sha256, self.label_files_sha256,
