@@ -108,9 +108,9 @@ def judge_fid(judge: Judge, real: torch.Tensor, fake: torch.Tensor) -> float:
 
 
 def screening_scheduler(name: str, schedule, clip_sample: bool = True):
-    """Samplers tried for issue 12 that ``diffusion.sample`` does not offer (they lost to "sde-dpm"):
-    "ddpm-respaced" (Algorithm 2's step on respaced timesteps, diffusers ``DDPMScheduler``) and "ddim-eta1"
-    (DDIM with η = 1: fresh noise at each step)."""
+    """Samplers ``diffusion.sample`` does not offer: "ddpm-respaced" (Algorithm 2's step on respaced timesteps,
+    diffusers ``DDPMScheduler``) and "ddim-eta1" (DDIM with η = 1: fresh noise at each step), tried for issue 12
+    (they lost to "sde-dpm"); "ddim-mixedpair", DDIM before issue 20 (a clamped x̂_0 with the unclamped ε)."""
     from diffusers import DDIMScheduler, DDPMScheduler
     common = dict(num_train_timesteps=schedule.num_train_timesteps, trained_betas=schedule.betas.numpy(),
                   prediction_type="epsilon", clip_sample=clip_sample, timestep_spacing="trailing")
@@ -118,7 +118,10 @@ def screening_scheduler(name: str, schedule, clip_sample: bool = True):
         return DDPMScheduler(**common, variance_type="fixed_small"), {}
     if name == "ddim-eta1":
         return DDIMScheduler(**common, set_alpha_to_one=True), {"eta": 1.0, **diffusion.scheduler_step_kwargs("ddim")}
-    raise ValueError(f"unknown sampler {name!r}: use one of {diffusion.SAMPLERS}, 'ddpm-respaced' or 'ddim-eta1'")
+    if name == "ddim-mixedpair":     # DDIM as shipped before issue 20: a clamped x̂_0 moved with the network's ε
+        return DDIMScheduler(**common, set_alpha_to_one=True), {"use_clipped_model_output": False}
+    raise ValueError(f"unknown sampler {name!r}: use one of {diffusion.SAMPLERS}, 'ddpm-respaced', 'ddim-eta1' "
+                     "or 'ddim-mixedpair'")
 
 
 @torch.inference_mode()
