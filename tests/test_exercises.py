@@ -125,14 +125,16 @@ def test_notebook_03_sampling_exercises_run(tmp_path, monkeypatch):
 
 
 def test_the_retraining_exercises_settings_build_and_change_a_finished_hand_in_run_only_by_name(tmp_path):
-    """Notebook 02's exercises 3–5 and 03's exercise 2 change config fields: each builds, and on the hand-in
+    """Notebook 02's exercises 3–5 and 03's exercises 2 and 6 change config fields: each builds, and on the hand-in
     run's checkpoint (finished) it is refused with the field named, so it needs the run_name it is given."""
     exercises = [("anime", "small", dict(block_out_channels=(32, 64, 128, 128))),
                  ("anime", "small", dict(attention_levels=(False, False, False, True))),
                  ("anime", "noflip", dict(hflip=False)),
                  ("anime", "fp32", dict(mixed_precision="no", max_steps=200)),
                  ("iclevr", "drop0", dict(cond_drop_prob=0.0)),
-                 ("iclevr", "drop02", dict(cond_drop_prob=0.2))]
+                 ("iclevr", "drop02", dict(cond_drop_prob=0.2)),
+                 ("iclevr", "film", dict(resnet_time_scale_shift="scale_shift")),
+                 ("iclevr", "flip", dict(hflip=True))]
     for name, run_name, settings in exercises:
         hand_in = config.make_config(name, "full", workdir=str(tmp_path))          # students run the full preset
         experiment = config.make_config(name, "full", workdir=str(tmp_path), run_name=run_name, **settings)

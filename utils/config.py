@@ -385,7 +385,10 @@ class ICLEVRConfig(DDPMConfig):
     ema_decay: float = 0.9995              # reached at step 18k of ≈ 28k: the last ≈ 2k steps averaged
     checkpoint_every: int = 2000           # steps between checkpoints (a few minutes on a T4)
     preview_every: int = 2000              # guided fixed-noise previews while training
-    hflip: bool = True                     # labels name objects, not places: a flipped scene keeps its labels
+    hflip: bool = False                    # flips keep the labels (objects, not places), but FiLM + flips scored
+                                           # lower on the CPU proxy at the same budget (docs/benchmarks.md): off
+    resnet_time_scale_shift: str = "default"  # t + y added before the GroupNorm (two channels per group at 64 px keep
+                                           # half of it): FiLM + flips measured worse on the proxy, see hflip
     cond_drop_prob: float = 0.1            # P(label replaced by ∅) in training, for guidance
     guidance_scale: float = 2.0            # w for the hand-in: 0 = unconditional, 1 = conditional, > 1 = guided
                                            # (w here = 1 + w of Ho & Salimans 2022)
