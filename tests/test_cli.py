@@ -47,7 +47,7 @@ def test_two_cpu_processes_train_the_smoke_config_and_write_the_notebook_outputs
                "--main_process_port", str(_free_port()),
                "-m", "utils.cli", "--config", "mnist", "--preset", "smoke",
                "--sampler", "ddim", "--num_inference_steps", "5"]
-    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)   # generous: a loaded machine is many times slower
     assert run.returncode == 0, run.stderr[-3000:]
     assert "2 process(es)" in run.stdout
 

@@ -21,7 +21,7 @@ def test_without_cuda_it_stops_at_once_and_says_where_to_run_it():
 def test_the_quick_run_writes_a_report_with_every_notebook(tmp_path):
     out = tmp_path / "gpu_check.md"
     run = subprocess.run([sys.executable, str(SCRIPT), "--device", "standin", "--quick", "--skip-tests",
-                          "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+                          "--out", str(out)], capture_output=True, text=True, timeout=900, cwd=ROOT)   # generous: a loaded machine is many times slower
     assert run.returncode == 0, run.stderr[-2000:]
     text = out.read_text()
     for notebook in ("01_mnist_ddpm", "02_anime_faces_ddpm", "03_iclevr_cfg"):
