@@ -69,8 +69,8 @@ def conditioning_response(model: nn.Module, *, image_size: int | None = None, se
     unet = model.unet if isinstance(model, ConditionalUNet) else model
     size, channels = image_size or unet.config.sample_size, unet.config.in_channels
     gen = torch.Generator().manual_seed(seed)
-    device = next(unet.parameters()).device
-    x = torch.randn(1, channels, size, size, generator=gen).to(device)
+    device, dtype = next(unet.parameters()).device, next(unet.parameters()).dtype   # the model's, whatever they are
+    x = torch.randn(1, channels, size, size, generator=gen).to(device, dtype)
     blocks = {name: m for name, m in unet.named_modules() if isinstance(m, ResnetBlock2D)}
     inputs: dict[str, torch.Tensor] = {}
 
@@ -84,7 +84,7 @@ def conditioning_response(model: nn.Module, *, image_size: int | None = None, se
     try:
         t = torch.tensor([500], device=device)
         if isinstance(model, ConditionalUNet):
-            model(x, t, torch.zeros(1, model.label_mlp[0].in_features, device=device))
+            model(x, t, torch.zeros(1, model.label_mlp[0].in_features, device=device, dtype=dtype))
         else:
             model(x, t)
     finally:
@@ -98,7 +98,7 @@ def conditioning_response(model: nn.Module, *, image_size: int | None = None, se
     variants = {"t": (time_embedding(10), time_embedding(900))}
     if isinstance(model, ConditionalUNet):
         k = model.label_mlp[0].in_features
-        y_a, y_b = (torch.rand(2, k, generator=gen) < 0.2).float().to(device).unbind(0)
+        y_a, y_b = (torch.rand(2, k, generator=gen) < 0.2).to(device, dtype).unbind(0)
         base = time_embedding(500)
         variants["label"] = (base + model.label_mlp(y_a[None]), base + model.label_mlp(y_b[None]))
     out = {}

@@ -385,7 +385,7 @@ def _continue_schedule(lr_scheduler, cfg, ckpt: dict, total_steps: int, steps_pe
                 f"it follows the {cfg.lr_schedule} curve of the longer run.")
     if note:
         one = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)       # only to borrow the curve
-        curve = get_scheduler(cfg.lr_schedule, one, num_warmup_steps=warmup if start else cfg.warmup_steps,
+        curve = get_scheduler(cfg.lr_schedule, one, num_warmup_steps=warmup,
                               num_training_steps=total_steps - start).lr_lambdas[0]
         lr_scheduler.lr_lambdas = [lambda s, curve=curve, start=start: curve(max(0, s - start))
                                    for _ in lr_scheduler.lr_lambdas]
