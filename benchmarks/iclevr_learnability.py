@@ -41,7 +41,7 @@ from torch import nn
 
 from _common import RESULTS, chosen_recipes, run_in_workers, train_timed, wilson, write_result
 
-from utils import config, diffusion, iclevr_accuracy, models, viz
+from utils import config, diffusion, guidance, iclevr_accuracy, models, viz
 from utils.data import BatchLoader, ImageSet, encode_labels, object_names
 from utils.fixtures import draw_scene, random_label_lists
 
@@ -134,7 +134,7 @@ def run_recipe(job: dict) -> dict:
     def score(spec: str, w: float) -> dict:
         sampler, steps = parse_sampler(spec)
         start = time.perf_counter()
-        run = iclevr_accuracy.sample_and_score(result.ema_model, schedule, classifier, sets, w, image_shape=(3, SIZE, SIZE),
+        run = guidance.sample_and_score(result.ema_model, schedule, classifier, sets, w, image_shape=(3, SIZE, SIZE),
                                                sampler=sampler, num_inference_steps=steps, progress=False)
         acc = run.scores["drawn"]
         print(f"[{name}] {spec} w = {w:g}: {acc.value:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)

@@ -13,7 +13,7 @@ import types
 import pytest
 import torch
 
-from utils import (compare, config, data, devices, diffusion, fid, fixtures, gan, iclevr_accuracy, models, monitor, standin,
+from utils import (compare, config, data, devices, diffusion, fid, fixtures, gan, guidance, iclevr_accuracy, models, monitor, standin,
                    training, widgets)
 from utils.data import iclevr
 
@@ -161,7 +161,7 @@ def test_the_evaluator_and_the_sweep_take_host_images(cond, evaluator_on_device)
     model, schedule, _ = cond
     acc = iclevr_accuracy.accuracy(evaluator_on_device, _host_images(3), LABELS)
     assert 0 <= acc.value <= 1 and acc.total == 6
-    rows = iclevr_accuracy.guidance_sweep(model, schedule, evaluator_on_device, {"test": LABELS}, [0.0, 2.0],
+    rows = guidance.guidance_sweep(model, schedule, evaluator_on_device, {"test": LABELS}, [0.0, 2.0],
                                           image_shape=(3, 64, 64), num_inference_steps=2, progress=False)
     assert [r["guidance_scale"] for r in rows] == [0.0, 2.0]
 

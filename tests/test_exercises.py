@@ -99,7 +99,7 @@ def test_notebook_01_exercises_run_and_experiments_leave_the_hand_in_alone(tmp_p
 NB03_SAMPLING_EXERCISES = [
     # 3. fast samplers, scored without writing anything
     '''
-run = iclevr_accuracy.sample_and_score(ema, schedule, evaluator, label_sets, w, image_shape=shape, sampler="dpm",
+run = guidance.sample_and_score(ema, schedule, evaluator, label_sets, w, image_shape=shape, sampler="dpm",
                                        num_inference_steps=min(25, cfg.num_train_timesteps), seed=cfg.seed)   # smoke: T = 10
 print("ex3", {name: acc.total for name, acc in run.scores.items()}, {name: acc.total for name, acc in hand_in.scores.items()})
 ''',

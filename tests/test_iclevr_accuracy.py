@@ -9,7 +9,7 @@ from PIL import Image
 from torch import nn
 from torchvision.models import resnet18
 
-from utils import config, diffusion, fixtures, iclevr_accuracy, models, viz
+from utils import config, diffusion, fixtures, guidance, iclevr_accuracy, models, viz
 from utils.data import iclevr
 
 from course_reference import course_compute_acc
@@ -176,7 +176,7 @@ def test_guidance_sweep_gives_one_row_per_scale(tmp_path, evaluator):
     torch.manual_seed(0)
     model = models.build_model(cfg)
     labels = real_labels("test.json")[:4]
-    rows = iclevr_accuracy.guidance_sweep(model, diffusion.schedule_from_config(cfg), evaluator, {"test": labels},
+    rows = guidance.guidance_sweep(model, diffusion.schedule_from_config(cfg), evaluator, {"test": labels},
                                           [0.0, 2.0], image_shape=(3, 16, 16), num_inference_steps=2, progress=False)
     assert [r["guidance_scale"] for r in rows] == [0.0, 2.0]
     assert all(0 <= r["test"] <= 1 for r in rows)
@@ -184,7 +184,7 @@ def test_guidance_sweep_gives_one_row_per_scale(tmp_path, evaluator):
 
 def test_save_sweep_writes_the_csv(tmp_path):
     rows = [{"guidance_scale": 0.0, "test": 0.25}, {"guidance_scale": 2.0, "test": 0.5}]
-    iclevr_accuracy.save_sweep(rows, tmp_path / "sweep.csv", tmp_path / "sweep.png")
+    guidance.save_sweep(rows, tmp_path / "sweep.csv", tmp_path / "sweep.png")
     assert (tmp_path / "sweep.csv").read_text().splitlines() == ["guidance_scale,test", "0.0,0.25", "2.0,0.5"]
     assert (tmp_path / "sweep.png").stat().st_size > 0
 
@@ -192,18 +192,18 @@ def test_save_sweep_writes_the_csv(tmp_path):
 # ----------------------------------------------------------------------------- choosing w for the hand-in
 def _run(w, test_hits, new_hits):
     scores = {"test": iclevr_accuracy.Accuracy(test_hits, 72), "new_test": iclevr_accuracy.Accuracy(new_hits, 84)}
-    return iclevr_accuracy.GuidanceRun(w, {}, scores)
+    return guidance.GuidanceRun(w, {}, scores)
 
 
 def test_the_hand_in_sampler_confirms_the_sweeps_best_scales_and_the_configs():
     # the issue's numbers: a fast sampler's sweep peaks at w = 2 …
     sweep = [{"guidance_scale": w, "test": a, "new_test": a} for w, a in ((0.0, 0.09), (1.0, 0.39), (2.0, 0.46), (4.0, 0.22))]
-    assert iclevr_accuracy.candidate_scales(sweep, 2) == [1.0, 2.0]
-    assert iclevr_accuracy.candidate_scales(sweep, 2, also=4.0) == [1.0, 2.0, 4.0]
-    assert iclevr_accuracy.candidate_scales(sweep, 1, also=2.0) == [2.0]
+    assert guidance.candidate_scales(sweep, 2) == [1.0, 2.0]
+    assert guidance.candidate_scales(sweep, 2, also=4.0) == [1.0, 2.0, 4.0]
+    assert guidance.candidate_scales(sweep, 1, also=2.0) == [2.0]
     # … and the hand-in sampler decides, by the same number (the mean of the sets' accuracies); a tie keeps the smaller w
-    assert iclevr_accuracy.best_run([_run(1.0, 50, 57), _run(2.0, 53, 60), _run(4.0, 52, 60)]).guidance_scale == 2.0
-    assert iclevr_accuracy.best_run([_run(3.0, 50, 60), _run(1.5, 50, 60)]).guidance_scale == 1.5
+    assert guidance.best_run([_run(1.0, 50, 57), _run(2.0, 53, 60), _run(4.0, 52, 60)]).guidance_scale == 2.0
+    assert guidance.best_run([_run(3.0, 50, 60), _run(1.5, 50, 60)]).guidance_scale == 1.5
     assert _run(2.0, 54, 63).mean == pytest.approx((54 / 72 + 63 / 84) / 2)
 
 
@@ -214,13 +214,13 @@ def test_sample_and_score_keeps_the_images_and_scores_both_sets_like_the_sweep(t
     schedule = diffusion.schedule_from_config(cfg)
     sets = {"test": real_labels("test.json")[:4], "new_test": real_labels("new_test.json")[:3]}
     common = dict(image_shape=(3, 16, 16), sampler="ddim", num_inference_steps=2, progress=False)
-    run = iclevr_accuracy.sample_and_score(model, schedule, evaluator, sets, 2.0, num_frames=3, **common)
+    run = guidance.sample_and_score(model, schedule, evaluator, sets, 2.0, num_frames=3, **common)
     assert {n: tuple(s.images.shape) for n, s in run.samples.items()} == {"test": (4, 3, 16, 16), "new_test": (3, 3, 16, 16)}
     assert len(run.samples["test"].frames) == 3
     assert [a.total for a in run.scores.values()] == [int(sets["test"].sum()), int(sets["new_test"].sum())]
-    assert run.row() == iclevr_accuracy.guidance_sweep(model, schedule, evaluator, sets, [2.0], **common)[0]
-    assert iclevr_accuracy.sample_and_score(model, schedule, None, sets, 2.0, **common).scores == {}   # no evaluator
-    assert iclevr_accuracy.seconds_per_sampling_step(model, sets["test"], (3, 16, 16), repeats=1) > 0
+    assert run.row() == guidance.guidance_sweep(model, schedule, evaluator, sets, [2.0], **common)[0]
+    assert guidance.sample_and_score(model, schedule, None, sets, 2.0, **common).scores == {}   # no evaluator
+    assert guidance.seconds_per_sampling_step(model, sets["test"], (3, 16, 16), repeats=1) > 0
 
 
 def test_sample_and_score_and_the_sweep_sample_with_the_given_guidance_mix(tmp_path):
@@ -231,10 +231,10 @@ def test_sample_and_score_and_the_sweep_sample_with_the_given_guidance_mix(tmp_p
     sets = {"test": real_labels("test.json")[:2]}
     common = dict(image_shape=(3, 16, 16), sampler="ddim", num_inference_steps=2, progress=False)
     unconditional = lambda eps_cond, eps_uncond, w: eps_uncond.float()    # whatever w, the w = 0 mix
-    mixed = iclevr_accuracy.sample_and_score(model, schedule, None, sets, 3.0, guidance_mix=unconditional, **common)
-    at_zero = iclevr_accuracy.sample_and_score(model, schedule, None, sets, 0.0, **common)
+    mixed = guidance.sample_and_score(model, schedule, None, sets, 3.0, guidance_mix=unconditional, **common)
+    at_zero = guidance.sample_and_score(model, schedule, None, sets, 0.0, **common)
     torch.testing.assert_close(mixed.samples["test"].images, at_zero.samples["test"].images)
     seen = []
     spy = lambda eps_cond, eps_uncond, w: seen.append(w) or diffusion.mix_guidance(eps_cond, eps_uncond, w)
-    iclevr_accuracy.guidance_sweep(model, schedule, None, sets, [3.0], guidance_mix=spy, **common)
+    guidance.guidance_sweep(model, schedule, None, sets, [3.0], guidance_mix=spy, **common)
     assert seen == [3.0, 3.0]                                             # two DDIM steps at w = 3

@@ -22,16 +22,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from . import compare, config, data, diffusion, fixtures, handin, iclevr_accuracy, models, training, viz
-
-# What each notebook hands in, and its loss-plot title.
-HANDIN = {
-    "mnist": dict(loss="loss_mnist.jpg", grid="result_mnist.jpg", gif="mnist.gif", title="DDPM on MNIST"),
-    "anime": dict(loss="loss_anime.jpg", grid="result_anime.jpg", gif="anime.gif", title="DDPM on Anime Faces"),
-    "iclevr": dict(loss="loss_iclevr.jpg", gif="iclevr.gif", title="Conditional DDPM on iCLEVR"),
-}
-DENOISE_NAMES = [["red sphere", "cyan cylinder", "cyan cube"]]  # notebook 03's denoising-process row
-
+from . import config, data, diffusion, fixtures, handin, iclevr_accuracy, models, training
 
 def _parse_value(text: str, hint):
     """``text`` as the type ``hint`` of a config field: bools, numbers, "none", comma-separated tuples."""
@@ -52,7 +43,7 @@ def parse_config(argv: list[str] | None = None) -> config.DDPMConfig:
     """The config that ``argv`` (``--config``, ``--preset`` and any config field) describes."""
     first = argparse.ArgumentParser(add_help=False)
     asks_help = bool({"-h", "--help"} & set(sys.argv[1:] if argv is None else argv))
-    first.add_argument("--config", choices=sorted(HANDIN), required=not asks_help)
+    first.add_argument("--config", choices=sorted(handin.FILES), required=not asks_help)
     first.add_argument("--preset", default=None, help='"full", "smoke" (tiny, for tests) or a notebook preset '
                                                       '("cpu" for mnist); default: smoke when DDPM_SMOKE=1, else full')
     known, _ = first.parse_known_args(argv)
@@ -91,16 +82,6 @@ def load_data(cfg, accelerator) -> data.ImageSet:
         return data.load_iclevr(paths["data_dir"], paths["cache_dir"], image_size=cfg.image_size)
 
 
-def write_unconditional(cfg, ema, schedule, hand_in: handin.HandInSet) -> None:
-    """Notebooks 01/02's samples, into ``hand_in``: a 5×5 grid and the diffusion GIF, with cfg's sampler."""
-    names = HANDIN[cfg.name]
-    samples = diffusion.sample(ema, schedule, 25, (cfg.channels, cfg.image_size, cfg.image_size),
-                               **diffusion.handin_sampling(cfg), num_frames=cfg.gif_frames,
-                               mixed_precision=cfg.mixed_precision)
-    viz.save_grid(samples.images, hand_in.path(names["grid"]), nrow=5)
-    viz.save_gif(samples.frames, hand_in.path(names["gif"]), nrow=5)
-
-
 def load_course_evaluator(cfg, device):
     """(path, evaluator) of the course's checkpoint.pth, or (None, None) when there is none; a wrong file
     raises ``EvaluatorError`` — called before training, so it is not found out after hours of it."""
@@ -109,51 +90,23 @@ def load_course_evaluator(cfg, device):
 
 
 def write_iclevr(cfg, ema, schedule, evaluator_path, evaluator, out: handin.HandInSet) -> None:
-    """Notebook 03's files, into ``out``: test/ and new_test/ (i.png for the i-th label list), their 8×4 grids, the GIF and
-    the denoising row; with the evaluator also the guidance sweep and ``accuracy.json``.
-
-    With the evaluator and ``cfg.choose_guidance``, w is chosen as notebook 03 chooses it: the fast sweep, then
-    its ``confirm_top`` best scales and ``guidance_scale`` with the hand-in sampler; the best is handed in.
-    """
+    """Notebook 03's hand-in steps, in its order (``utils.handin``): the guidance sweep and the choice of w (with the
+    evaluator), the images of both sets, their grids and the GIF, the denoising row, ``accuracy.json``."""
     files = data.find_iclevr(cfg.data_dir)
     objects = data.load_objects(files.label_file("objects.json"))
     label_sets = {name: data.encode_labels(data.load_label_lists(files.label_file(f"{name}.json")), objects)
-                  for name in ("test", "new_test")}
-    shape = (cfg.channels, cfg.image_size, cfg.image_size)
-    common = dict(image_shape=shape, seed=cfg.seed, clip_sample=cfg.clip_sample, mixed_precision=cfg.mixed_precision)
-    sweep_rows, candidates = None, [cfg.guidance_scale]
-    if evaluator is not None:
-        sweep_rows = iclevr_accuracy.guidance_sweep(ema, schedule, evaluator, label_sets, cfg.sweep_scales,
-                                                    sampler=cfg.sweep_sampler, num_inference_steps=cfg.sweep_steps, **common)
-        plt.close(iclevr_accuracy.save_sweep(sweep_rows, out.path("guidance_sweep.csv"), out.path("guidance_sweep.png")))
-        if cfg.choose_guidance:
-            candidates = iclevr_accuracy.candidate_scales(sweep_rows, cfg.confirm_top, also=cfg.guidance_scale)
-    runs = [iclevr_accuracy.sample_and_score(ema, schedule, evaluator, label_sets, w, sampler=cfg.sampler,
-                                             num_inference_steps=cfg.num_inference_steps, num_frames=cfg.gif_frames, **common)
-            for w in candidates]
-    hand_in = iclevr_accuracy.best_run(runs) if len(runs) > 1 else runs[0]
-    w = hand_in.guidance_scale
-    for name, result in hand_in.samples.items():
-        viz.save_numbered(result.images, out.path(name))
-        viz.save_grid(result.images, out.path(f"{name}_grid.png"), nrow=8, expected=32)
-    viz.save_gif(hand_in.samples["test"].frames, out.path(HANDIN["iclevr"]["gif"]), nrow=8)
-    process = diffusion.sample(ema, schedule, 1, shape, sampler=cfg.sampler, num_inference_steps=cfg.num_inference_steps,
-                               labels=data.encode_labels(DENOISE_NAMES, objects), guidance_scale=w, seed=cfg.seed,
-                               num_frames=cfg.denoising_frames, clip_sample=cfg.clip_sample,
-                               mixed_precision=cfg.mixed_precision)
-    viz.denoising_strip(process.frames, out.path("denoising_process.png"))
+                  for name in handin.ICLEVR_SETS}
+    sweep_rows = handin.sweep_guidance(cfg, ema, schedule, evaluator, label_sets, out)
+    choice = handin.choose_guidance(cfg, ema, schedule, evaluator, label_sets, sweep_rows)
+    handin.save_iclevr_images(choice, out)
+    handin.save_denoising(cfg, ema, schedule, objects, choice.guidance_scale, out)
     if evaluator is None:
         print(f"Accuracy skipped: no evaluator {iclevr_accuracy.EVALUATOR_FILE} in {cfg.data_dir} (see data_links.md); "
-              f"handed in at w = {w}.")
+              f"handed in at w = {choice.guidance_scale}.")
         return
-    why = "the best of these with the hand-in sampler" if len(runs) > 1 else "guidance_scale (choose_guidance off)"
-    iclevr_accuracy.save_accuracy(
-        hand_in.scores, out.path("accuracy.json"), guidance_scale=w, chosen_by=why, sampler=cfg.sampler,
-        num_inference_steps=compare.sampler_steps(cfg.sampler, cfg.num_inference_steps, cfg.num_train_timesteps),
-        seed=cfg.seed, evaluator=str(evaluator_path), hand_in_sampler_runs=[run.row() for run in runs],
-        sweep={"sampler": cfg.sweep_sampler, "steps": cfg.sweep_steps, "rows": sweep_rows})
-    print(f"hand-in at w = {w} ({why}; tried {candidates})")
-    for name, acc in hand_in.scores.items():
+    handin.save_accuracy(cfg, choice, sweep_rows, evaluator_path, out)
+    print(f"hand-in at w = {choice.guidance_scale} ({choice.why}; tried {[r.guidance_scale for r in choice.runs]})")
+    for name, acc in choice.hand_in.scores.items():
         print(f"{name:9s} accuracy {acc.value:.4f}  ({acc.hits}/{acc.total} objects found)")
 
 
@@ -187,11 +140,11 @@ def main(argv: list[str] | None = None) -> training.TrainResult:
             return result
         print(f"{result.step} iterations ({result.stop_reason}); checkpoint: {result.checkpoint}")
         out = handin.HandInSet(cfg.output_dir, result, guard=lock.owned)   # one set, from this checkpoint
-        plt.close(viz.plot_loss(result.loss_history, out.path(HANDIN[cfg.name]["loss"]), title=HANDIN[cfg.name]["title"]))
+        plt.close(handin.save_loss(cfg, result, out))
         if cfg.name == "iclevr":
             write_iclevr(cfg, result.ema_model, schedule, evaluator_path, evaluator, out)
         else:
-            write_unconditional(cfg, result.ema_model, schedule, out)
+            handin.save_unconditional(cfg, handin.draw_unconditional(cfg, result.ema_model, schedule), out)
         written = out.commit()
     folder = Path(cfg.output_dir)
     print(f"Wrote {len(written)} files in {folder} (from {out.source}): "

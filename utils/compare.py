@@ -58,8 +58,8 @@ def seconds_per_step(model: nn.Module, loss_fn, batch: dict, cfg, *, repeats: in
     """Median time of one training iteration of a copy of ``model``, run as ``training.train`` runs it for ``cfg``.
 
     The same single-process Accelerate setup in ``cfg.mixed_precision`` (``training_precision`` names it),
-    an AdamW over ``training.loop_parameters`` only (a DCGAN's G: D takes its own step inside ``loss_fn``),
-    ``accelerator.backward``, gradient clipping and the EMA step. Every model timed this way on one device
+    an AdamW over ``training.loop_parameters`` only (a DCGAN's G: D takes its own step inside ``loss_fn``), and
+    the loop's own ``training.optimization_step`` (backward, clipping, AdamW, EMA). Every model timed this way on one device
     gives iterations × this = a fair training-time estimate. ``torch_compile`` is left out (its first
     steps compile).
     """
@@ -83,13 +83,8 @@ def seconds_per_step(model: nn.Module, loss_fn, batch: dict, cfg, *, repeats: in
     times = []
     for _ in range(repeats + 1):                                      # the first one warms up
         start = time.perf_counter()
-        loss = loss_fn(twin, batch)
-        accelerator.backward(loss)
-        if cfg.grad_clip:
-            accelerator.clip_grad_norm_(trained, cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.step(twin.parameters())
+        loss = training.optimization_step(loss_fn, twin, batch, accelerator, optimizer, trained, cfg.grad_clip, ema,
+                                          accelerator.unwrap_model(twin))
         if loss.device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)

@@ -398,8 +398,9 @@ class ICLEVRConfig(DDPMConfig):
     sweep_sampler: str = "sde-dpm"         # fast sampler for the sweep (8 scales × 64 images)
     sweep_steps: int = 50                  # its steps
     confirm_top: int = 2                   # the best w of the sweep sampled again with the hand-in sampler
-    choose_guidance: bool = True           # with the evaluator, hand in at the best of those and guidance_scale
-                                           # (notebook 03: leave its guidance_scale parameter at None); False: guidance_scale
+    choose_guidance: bool = True           # with the evaluator, hand in at the best of those and guidance_scale;
+                                           # False: at guidance_scale. Setting guidance_scale (make_config, notebook
+                                           # parameter, --guidance_scale) sets this False unless you set it too
     denoising_frames: int = 10             # images in the denoising-process row (≥ 8)
 
     TRAINING: ClassVar[tuple[str, ...]] = (*TRAINING_FIELDS, "cond_drop_prob")
@@ -595,6 +596,8 @@ def make_config(name: str, preset: str | None = None, **overrides) -> DDPMConfig
     hints = typing.get_type_hints(cls)    # papermill passes -p resume false as the string "false": parse it
     parsed = {k: _as_declared(k, v, hints[k]) for k, v in overrides.items() if v is not None}
     values.update({k: v for k, v in parsed.items() if v is not None})
+    if "guidance_scale" in parsed and "choose_guidance" in known and "choose_guidance" not in parsed:
+        values["choose_guidance"] = False   # a w you set is the w handed in (utils.handin.guidance_candidates)
     return cls(**values)
 
 

@@ -6,7 +6,7 @@
   8×4 grids, ``denoising_process.png``, ``accuracy.json``, the guidance sweep and ``loss_iclevr.jpg``.
 
 The check opens every file and reads the grid layout from the pixel size, and reads from each output
-folder's ``provenance.json`` (``utils.handin``) which checkpoint made each file: a set whose files come
+folder's ``provenance.json`` (``utils.handin_set``) which checkpoint made each file: a set whose files come
 from different checkpoints (a Ctrl-C while sampling), or that were changed after they were written, is
 refused with the stale file named. Every problem is reported at once, each with the notebook section (and
 the command) that writes the file again, and nothing is zipped.
@@ -25,7 +25,8 @@ from pathlib import Path
 from PIL import Image
 
 from .data.iclevr import COURSE_LISTS
-from .handin import HandInError, HandInSet, Source, file_sha256, provenance, unfinished  # noqa: F401  (re-exported)
+from .handin import ACCURACY, DENOISING, FILES, ICLEVR_SETS, SWEEP_CSV, SWEEP_PLOT, grid_name
+from .handin_set import HandInError, HandInSet, Source, file_sha256, provenance, unfinished  # noqa: F401  (re-exported)
 
 GRID_PADDING = 2       # pixels between and around the images of a grid (viz.save_grid's default)
 ICLEVR_SET_SIZE = COURSE_LISTS   # label lists in test.json and in new_test.json
@@ -74,14 +75,15 @@ def imvfx_files(mnist_dir: str | Path, anime_dir: str | Path, *, mnist_image_siz
                 anime_image_size: int = 64) -> list[HandInFile]:
     """The IMVFX images: notebook 01's in ``mnist_dir``, notebook 02's in ``anime_dir`` (their output_dir)."""
     mnist_dir, anime_dir = Path(mnist_dir), Path(anime_dir)
-    mnist, anime = _command("mnist", mnist_dir), _command("anime", anime_dir)
+    mnist, anime = FILES["mnist"], FILES["anime"]
+    mnist_command, anime_command = _command("mnist", mnist_dir), _command("anime", anime_dir)
     return [
-        HandInFile("result_mnist.jpg", mnist_dir / "result_mnist.jpg", f'{NB01}, section "Algorithm 2: sampling"',
-                   grid=(5, 5), image_size=mnist_image_size, command=mnist),
-        HandInFile("loss_mnist.jpg", mnist_dir / "loss_mnist.jpg", f'{NB01}, section "Train"', command=mnist),
-        HandInFile("result_anime.jpg", anime_dir / "result_anime.jpg", f'{NB02}, section "Sample"',
-                   grid=(5, 5), image_size=anime_image_size, command=anime),
-        HandInFile("loss_anime.jpg", anime_dir / "loss_anime.jpg", f'{NB02}, section "Train"', command=anime),
+        HandInFile(mnist.grid, mnist_dir / mnist.grid, f'{NB01}, section "Algorithm 2: sampling"',
+                   grid=(5, 5), image_size=mnist_image_size, command=mnist_command),
+        HandInFile(mnist.loss, mnist_dir / mnist.loss, f'{NB01}, section "Train"', command=mnist_command),
+        HandInFile(anime.grid, anime_dir / anime.grid, f'{NB02}, section "Sample"',
+                   grid=(5, 5), image_size=anime_image_size, command=anime_command),
+        HandInFile(anime.loss, anime_dir / anime.loss, f'{NB02}, section "Train"', command=anime_command),
     ]
 
 
@@ -98,16 +100,16 @@ def iclevr_files(output_dir: str | Path, *, image_size: int = 64) -> list[HandIn
     command = _command("iclevr", out)
     sampled = f'{NB03}, section "The hand-in images"'
     files = [HandInFile(f"{name}/{i}.png", out / name / f"{i}.png", sampled, image_size=image_size)
-             for name in ("test", "new_test") for i in range(ICLEVR_SET_SIZE)]
-    files += [HandInFile(f"{name}_grid.png", out / f"{name}_grid.png", sampled, grid=(8, 4), image_size=image_size)
-              for name in ("test", "new_test")]
+             for name in ICLEVR_SETS for i in range(ICLEVR_SET_SIZE)]
+    files += [HandInFile(grid_name(name), out / grid_name(name), sampled, grid=(8, 4), image_size=image_size)
+              for name in ICLEVR_SETS]
+    choosing = f'{NB03}, section "Choosing w" ({NEEDS_EVALUATOR})'
     files += [
-        HandInFile("denoising_process.png", out / "denoising_process.png", f'{NB03}, section "The denoising process"'),
-        HandInFile("accuracy.json", out / "accuracy.json",
-                   f'{NB03}, section "Accuracy, as the course computes it" ({NEEDS_EVALUATOR})'),
-        HandInFile("guidance_sweep.csv", out / "guidance_sweep.csv", f'{NB03}, section "Choosing w" ({NEEDS_EVALUATOR})'),
-        HandInFile("guidance_sweep.png", out / "guidance_sweep.png", f'{NB03}, section "Choosing w" ({NEEDS_EVALUATOR})'),
-        HandInFile("loss_iclevr.jpg", out / "loss_iclevr.jpg", f'{NB03}, section "Train"'),
+        HandInFile(DENOISING, out / DENOISING, f'{NB03}, section "The denoising process"'),
+        HandInFile(ACCURACY, out / ACCURACY, f'{NB03}, section "Accuracy, as the course computes it" ({NEEDS_EVALUATOR})'),
+        HandInFile(SWEEP_CSV, out / SWEEP_CSV, choosing),
+        HandInFile(SWEEP_PLOT, out / SWEEP_PLOT, choosing),
+        HandInFile(FILES["iclevr"].loss, out / FILES["iclevr"].loss, f'{NB03}, section "Train"'),
     ]
     return [dataclasses.replace(item, command=command) for item in files]
 

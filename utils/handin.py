@@ -1,251 +1,178 @@
-"""Hand-in sets: the files one checkpoint makes, written as one set, each knowing the run and step that made it.
+"""The hand-in: what each notebook hands in, and the steps that write it.
 
-A notebook (or the CLI) writes its hand-in files through a ``HandInSet``: ``hand_in.path("result_mnist.jpg")``
-is where to write a file now, a staging folder beside the outputs (``output_dir/.handin-<id>/``), and
-``hand_in.commit()`` moves the whole set into ``output_dir`` and records, for every file, the checkpoint's
-run id and step and the file's SHA-256 in ``output_dir/provenance.json``.
+The notebooks call these steps one visible cell each and ``python -m utils.cli`` calls them in order, so a
+hand-in file is made one way wherever it is made. Each step writes into a ``handin_set.HandInSet`` (one
+checkpoint's set, put in place at once by its ``commit``); ``utils.export`` checks and zips what they wrote.
 
-An interruption (Ctrl-C while sampling, a disconnect) before ``commit`` leaves the previous set as it was;
-one during ``commit`` is finished by the next ``HandInSet`` or export of that folder (the commit writes its
-list of files first, then moves them: a write-ahead journal). ``provenance()`` reads the records back;
-``utils.export`` refuses a set whose files come from different checkpoints, or were changed afterwards.
+* Notebooks 01 and 02: ``save_loss``, ``draw_unconditional`` (the 5×5 grid and the GIF, drawn as
+  ``diffusion.handin_sampling`` says), ``save_unconditional``.
+* Notebook 03: ``save_loss``, ``sweep_guidance`` (many w with a fast sampler; needs the evaluator),
+  ``choose_guidance`` (the best few again with the hand-in sampler), ``save_iclevr_images``, ``save_denoising``,
+  ``save_accuracy``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import hashlib
-import json
-import os
-import shutil
-import socket
-import time
-import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
-MANIFEST = "provenance.json"        # in output_dir: {"files": {name: {run_id, step, sha256, time, written}}}
-STAGE_PREFIX = ".handin-"           # output_dir/.handin-<id>/: a set being written
-JOURNAL = ".commit.json"            # in a stage: the set's records, written when it is committed
-OWNER = ".owner.json"               # in a stage: which process writes it, from which checkpoint
-MIN_FREE_BYTES = 32 * 2 ** 20       # below this, writing a set is refused before it starts
+import matplotlib.pyplot as plt
+import torch
 
-
-class HandInError(RuntimeError):
-    """The hand-in set is incomplete, mixed or wrong, or cannot be written. The message says what to do."""
+from . import compare, data, diffusion, guidance, iclevr_accuracy, viz
+from .handin_set import HandInSet
 
 
 @dataclass(frozen=True)
-class Source:
-    """The checkpoint a hand-in file was made from: its training run and step."""
+class Files:
+    """One notebook's hand-in file names (the names the assignment asks for)."""
 
-    run_id: str
-    step: int
-
-    def __str__(self) -> str:
-        return f"run {self.run_id} step {self.step}"
-
-
-def source_of(made_from) -> Source:
-    """A ``Source`` from anything with ``run_id`` and ``step`` (a ``TrainResult``), or a Source itself."""
-    if isinstance(made_from, Source):
-        return made_from
-    run_id, step = getattr(made_from, "run_id", ""), getattr(made_from, "step", None)
-    if not run_id or step is None:
-        raise ValueError(f"{made_from!r:.80} names no checkpoint (run_id and step): pass the result of training.train.")
-    return Source(run_id, int(step))
+    loss: str           # the loss curve
+    title: str          # its title
+    grid: str = ""      # the 5×5 grid of samples (notebooks 01, 02)
+    gif: str = ""       # the diffusion GIF
 
 
-class HandInSet:
-    """The hand-in files of one checkpoint (``made_from``: a ``TrainResult`` or a ``Source``) in ``output_dir``.
-
-    ``path(name)`` gives where to write ``name`` (a file, or a folder such as ``"test"``); ``commit()`` puts
-    everything written so far in place as one set and returns the final paths. ``guard``: a context manager
-    factory held while committing (the CLI's ``TrainingLock.owned``: a run that lost its folder writes nothing).
-    """
-
-    _mine: set[str] = set()   # stages this process is writing
-
-    def __init__(self, output_dir: str | Path, made_from, *, guard=None):
-        self.output_dir = Path(output_dir)
-        self.source = source_of(made_from)
-        self.guard = guard
-        self.stage: Path | None = None
-        finish_pending(self.output_dir, supersede=True)
-
-    def path(self, name: str) -> Path:
-        """Where to write the hand-in file (or folder) ``name`` now; it is handed in at ``commit()``."""
-        if self.stage is None or not self.stage.is_dir():
-            self.stage = self._new_stage()
-        target = self.stage / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        return target
-
-    def commit(self) -> list[Path]:
-        """Hand in every file written since the last commit, as one set: each file's record (run, step,
-        SHA-256) goes to the journal, then the files move into ``output_dir`` and the records into its
-        ``provenance.json``. Returns the files' final paths."""
-        stage, self.stage = self.stage, None
-        if stage is None or not stage.is_dir():
-            return []
-        written = time.time()
-        records = {p.relative_to(stage).as_posix(): {"run_id": self.source.run_id, "step": self.source.step,
-                                                     "sha256": file_sha256(p), "time": written,
-                                                     "written": time.strftime("%Y-%m-%d %H:%M:%S")}
-                   for p in sorted(stage.rglob("*")) if p.is_file() and p.name not in (JOURNAL, OWNER)}
-        try:
-            with self.guard() if self.guard is not None else contextlib.nullcontext():
-                _write_json(stage / JOURNAL, {"files": records})     # the commit point
-                _roll_forward(self.output_dir, stage)
-        except OSError as err:
-            raise HandInError(_unwritable(self.output_dir, err, "The previous hand-in set there is kept.")) from err
-        finally:
-            HandInSet._mine.discard(stage.name)
-        return [self.output_dir / name for name in records]
-
-    def _new_stage(self) -> Path:
-        _check_free_space(self.output_dir)
-        stage = self.output_dir / f"{STAGE_PREFIX}{uuid.uuid4().hex[:12]}"
-        try:
-            stage.mkdir(parents=True)
-            _write_json(stage / OWNER, {"host": socket.gethostname(), "pid": os.getpid(),
-                                        "run_id": self.source.run_id, "step": self.source.step})
-        except OSError as err:
-            shutil.rmtree(stage, ignore_errors=True)
-            raise HandInError(_unwritable(self.output_dir, err, "Nothing was written.")) from err
-        HandInSet._mine.add(stage.name)
-        return stage
+FILES = {
+    "mnist": Files(loss="loss_mnist.jpg", title="DDPM on MNIST", grid="result_mnist.jpg", gif="mnist.gif"),
+    "anime": Files(loss="loss_anime.jpg", title="DDPM on Anime Faces", grid="result_anime.jpg", gif="anime.gif"),
+    "iclevr": Files(loss="loss_iclevr.jpg", title="Conditional DDPM on iCLEVR", gif="iclevr.gif"),
+}
+ICLEVR_SETS = ("test", "new_test")            # test/i.png, new_test/i.png: the i-th label list of <set>.json
+DENOISING = "denoising_process.png"
+ACCURACY = "accuracy.json"
+SWEEP_CSV, SWEEP_PLOT = "guidance_sweep.csv", "guidance_sweep.png"
+DENOISE_NAMES = [["red sphere", "cyan cylinder", "cyan cube"]]   # the lab's denoising-process example
 
 
-# ----------------------------------------------------------------------------- reading back
-def provenance(output_dir: str | Path) -> dict[str, dict]:
-    """The records of ``output_dir``'s hand-in files (name → run_id, step, sha256, time), after finishing an
-    interrupted commit; {} when none were recorded."""
-    output_dir = Path(output_dir)
-    finish_pending(output_dir)
-    try:
-        manifest = json.loads((output_dir / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return {}
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    return files if isinstance(files, dict) else {}
+def grid_name(set_name: str) -> str:
+    """``test`` → ``test_grid.png``: the set's 32 images, 8 per row."""
+    return f"{set_name}_grid.png"
 
 
-def unfinished(output_dir: str | Path) -> list[tuple[Source, list[str]]]:
-    """Sets started in ``output_dir`` but never committed (interrupted): their source and the files written."""
-    out = []
-    for stage in _stages(Path(output_dir)):
-        if (stage / JOURNAL).exists():
-            continue
-        try:
-            owner = json.loads((stage / OWNER).read_text())
-            source = Source(owner["run_id"], int(owner["step"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        names = sorted(p.relative_to(stage).as_posix() for p in stage.rglob("*")
-                       if p.is_file() and p.name not in (JOURNAL, OWNER))
-        if names:
-            out.append((source, names))
-    return out
+def image_shape(cfg) -> tuple[int, int, int]:
+    return (cfg.channels, cfg.image_size, cfg.image_size)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(2 ** 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def hand_in_steps(cfg) -> int:
+    """Network evaluations per image of the hand-in sampler: T for "ddpm", else ``num_inference_steps``."""
+    return compare.sampler_steps(cfg.sampler, cfg.num_inference_steps, cfg.num_train_timesteps)
 
 
-# ----------------------------------------------------------------------------- the journal
-def finish_pending(output_dir: Path, *, supersede: bool = False) -> None:
-    """Finish every committed set whose files were not all moved yet (an interrupted commit), and remove the
-    stages nobody will commit: of a process that has ended, a day old, or (``supersede``, a new set of this
-    process) this process's earlier unfinished sets."""
-    for stage in _stages(output_dir):
-        if (stage / JOURNAL).exists():
-            with contextlib.suppress(OSError, ValueError):
-                _roll_forward(output_dir, stage)
-        elif _abandoned(stage, supersede):
-            shutil.rmtree(stage, ignore_errors=True)
+def save_loss(cfg, result, hand_in: HandInSet):
+    """The loss curve of ``result`` (a ``training.TrainResult``) under the notebook's name; returns the figure."""
+    files = FILES[cfg.name]
+    return viz.plot_loss(result.loss_history, hand_in.path(files.loss), title=files.title)
 
 
-def _stages(output_dir: Path) -> list[Path]:
-    try:
-        return sorted(p for p in output_dir.glob(f"{STAGE_PREFIX}*") if p.is_dir())
-    except OSError:
-        return []
+# ----------------------------------------------------------------------------- notebooks 01 and 02
+def draw_unconditional(cfg, ema, schedule, num_images: int = 25) -> diffusion.SampleResult:
+    """The hand-in samples with their GIF frames, drawn as ``diffusion.handin_sampling(cfg)`` says (sampler,
+    steps, clipping, seed: the same in notebook 04, the CLI and the benchmarks)."""
+    return diffusion.sample(ema, schedule, num_images, image_shape(cfg), **diffusion.handin_sampling(cfg),
+                            num_frames=cfg.gif_frames, mixed_precision=cfg.mixed_precision)
 
 
-def _abandoned(stage: Path, supersede: bool) -> bool:
-    try:
-        owner = json.loads((stage / OWNER).read_text())
-        age = time.time() - stage.stat().st_mtime
-    except (OSError, ValueError):
-        return True
-    if age > 24 * 3600:
-        return True
-    if owner.get("host") != socket.gethostname():
-        return False
-    if owner.get("pid") == os.getpid():
-        return supersede and stage.name in HandInSet._mine
-    try:
-        os.kill(int(owner.get("pid")), 0)
-    except ProcessLookupError:
-        return True
-    except (OSError, TypeError, ValueError, OverflowError):
-        pass
-    return False
+def save_unconditional(cfg, samples: diffusion.SampleResult, hand_in: HandInSet, images: torch.Tensor | None = None):
+    """The 5×5 grid (``images``, default the samples' own) and the GIF of ``samples``; returns the GIF's path.
+
+    Notebook 01 passes the images of its own Algorithm 2 loop, drawn from the same noise as ``samples``."""
+    files = FILES[cfg.name]
+    viz.save_grid(samples.images if images is None else images, hand_in.path(files.grid), nrow=5)
+    return viz.save_gif(samples.frames, hand_in.path(files.gif), nrow=5)
 
 
-def _roll_forward(output_dir: Path, stage: Path) -> None:
-    """Move a committed stage's files into ``output_dir``, merge its records into the manifest, remove it."""
-    records = json.loads((stage / JOURNAL).read_text())["files"]
-    for name in records:
-        src, dst = stage / name, output_dir / name
-        if src.exists():
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):        # another process finishing the same commit
-                os.replace(src, dst)
-    try:
-        manifest = json.loads((output_dir / MANIFEST).read_text())
-        files = manifest["files"] if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict) else {}
-    except (OSError, ValueError):
-        files = {}
-    files.update(records)
-    _write_json(output_dir / MANIFEST, {"format": 1, "files": files})
-    shutil.rmtree(stage, ignore_errors=True)
+# ----------------------------------------------------------------------------- notebook 03
+def sampling_minutes(cfg, ema, label_sets: dict[str, torch.Tensor], *, steps: int, scales: int) -> float:
+    """What sampling every set at ``scales`` guidance scales with ``steps`` steps will take, timed on one step."""
+    seconds = guidance.seconds_per_sampling_step(ema, next(iter(label_sets.values())), image_shape(cfg),
+                                                 mixed_precision=cfg.mixed_precision)
+    return scales * len(label_sets) * steps * seconds / 60
 
 
-def _write_json(path: Path, obj) -> None:
-    """``obj`` as JSON at ``path``, atomically (temp file, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def sweep_guidance(cfg, ema, schedule, evaluator, label_sets: dict[str, torch.Tensor], hand_in: HandInSet, *,
+                   guidance_mix=diffusion.mix_guidance, progress: bool = True) -> list[dict] | None:
+    """Accuracy at each of ``cfg.sweep_scales`` with the fast ``cfg.sweep_sampler``, saved as CSV and plot; None
+    (and nothing written) without an evaluator."""
+    if evaluator is None:
+        return None
+    rows = guidance.guidance_sweep(ema, schedule, evaluator, label_sets, cfg.sweep_scales, image_shape=image_shape(cfg),
+                                   sampler=cfg.sweep_sampler, num_inference_steps=cfg.sweep_steps, seed=cfg.seed,
+                                   clip_sample=cfg.clip_sample, mixed_precision=cfg.mixed_precision,
+                                   progress=progress, guidance_mix=guidance_mix)
+    plt.close(guidance.save_sweep(rows, hand_in.path(SWEEP_CSV), hand_in.path(SWEEP_PLOT)))
+    return rows
 
 
-def _check_free_space(output_dir: Path) -> None:
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(output_dir).free
-    except OSError as err:
-        raise HandInError(_unwritable(output_dir, err, "Nothing was written.")) from err
-    if free < MIN_FREE_BYTES:
-        raise HandInError(_unwritable(output_dir, OSError(errno.ENOSPC, f"only {free / 2 ** 20:.1f} MB free"),
-                                      "Nothing was written; the hand-in files already there are kept."))
+def guidance_candidates(cfg, sweep_rows: list[dict] | None) -> list[float]:
+    """The w to sample with the hand-in sampler: with a sweep and ``cfg.choose_guidance``, its ``confirm_top`` best
+    and ``cfg.guidance_scale``; otherwise ``cfg.guidance_scale`` alone (a guidance_scale you set turns the choice
+    off: ``config.make_config``)."""
+    if sweep_rows and cfg.choose_guidance:
+        return guidance.candidate_scales(sweep_rows, cfg.confirm_top, also=cfg.guidance_scale)
+    return [cfg.guidance_scale]
 
 
-def _unwritable(output_dir: Path, err: OSError, kept: str) -> str:
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return (f"Cannot write the hand-in files to output_dir={str(output_dir)!r}: its disk is full "
-                f"({err.strerror or err}). {kept} Free space there (on Colab: empty Drive's trash, or check the "
-                "quota) or set output_dir (or workdir) to a folder on another disk, then run the cell again.")
-    return (f"Cannot write the hand-in files to output_dir={str(output_dir)!r} ({err.strerror or err}). {kept} "
-            "Choose a folder you can write to (output_dir or workdir), then run the cell again.")
+@dataclass
+class Choice:
+    """The hand-in run (its w, samples and scores), every run it was chosen from, and why."""
+
+    hand_in: guidance.GuidanceRun
+    runs: list[guidance.GuidanceRun]
+    why: str
+
+    @property
+    def guidance_scale(self) -> float:
+        return self.hand_in.guidance_scale
+
+
+def choose_guidance(cfg, ema, schedule, evaluator, label_sets: dict[str, torch.Tensor], sweep_rows: list[dict] | None,
+                    *, guidance_mix=diffusion.mix_guidance, progress: bool = True) -> Choice:
+    """Sample every set with the hand-in sampler at each of ``guidance_candidates`` and keep the best (by the
+    evaluator; the only candidate without one). Writes nothing: ``save_iclevr_images`` and ``save_accuracy`` do."""
+    candidates = guidance_candidates(cfg, sweep_rows)
+    runs = [guidance.sample_and_score(ema, schedule, evaluator, label_sets, w, image_shape=image_shape(cfg),
+                                      sampler=cfg.sampler, num_inference_steps=cfg.num_inference_steps, seed=cfg.seed,
+                                      clip_sample=cfg.clip_sample, num_frames=cfg.gif_frames,
+                                      mixed_precision=cfg.mixed_precision, progress=progress, guidance_mix=guidance_mix)
+            for w in candidates]
+    if len(runs) > 1:
+        why = "the best of these with the hand-in sampler"
+    elif evaluator is None:
+        why = "guidance_scale (no evaluator, so no sweep)"
+    elif cfg.choose_guidance:
+        why = "guidance_scale (no sweep)"
+    else:
+        why = "set by guidance_scale"
+    return Choice(guidance.best_run(runs) if len(runs) > 1 else runs[0], runs, why)
+
+
+def save_iclevr_images(choice: Choice, hand_in: HandInSet) -> dict[str, object]:
+    """``<set>/i.png`` for the i-th label list of each set, the 8×4 grids and the GIF (of ``test``); returns the
+    grids as PIL images, by set name."""
+    grids = {}
+    for name, result in choice.hand_in.samples.items():
+        viz.save_numbered(result.images, hand_in.path(name))
+        grids[name] = viz.save_grid(result.images, hand_in.path(grid_name(name)), nrow=8, expected=32)
+    viz.save_gif(choice.hand_in.samples["test"].frames, hand_in.path(FILES["iclevr"].gif), nrow=8)
+    return grids
+
+
+def save_denoising(cfg, ema, schedule, objects: dict[str, int], guidance_scale: float, hand_in: HandInSet, *,
+                   guidance_mix=diffusion.mix_guidance) -> diffusion.SampleResult:
+    """The denoising row of ``DENOISE_NAMES`` at the hand-in's w: snapshots of x_t from noise to the clean image."""
+    process = diffusion.sample(ema, schedule, 1, image_shape(cfg), sampler=cfg.sampler,
+                               num_inference_steps=cfg.num_inference_steps,
+                               labels=data.encode_labels(DENOISE_NAMES, objects), guidance_scale=guidance_scale,
+                               seed=cfg.seed, num_frames=cfg.denoising_frames, clip_sample=cfg.clip_sample,
+                               mixed_precision=cfg.mixed_precision, guidance_mix=guidance_mix)
+    viz.denoising_strip(process.frames, hand_in.path(DENOISING))
+    return process
+
+
+def save_accuracy(cfg, choice: Choice, sweep_rows: list[dict] | None, evaluator_path, hand_in: HandInSet):
+    """``accuracy.json``: each set's course accuracy at the hand-in's w, and how it was drawn and chosen."""
+    return iclevr_accuracy.save_accuracy(
+        choice.hand_in.scores, hand_in.path(ACCURACY), guidance_scale=choice.guidance_scale, chosen_by=choice.why,
+        sampler=cfg.sampler, num_inference_steps=hand_in_steps(cfg), seed=cfg.seed, evaluator=str(evaluator_path),
+        hand_in_sampler_runs=[run.row() for run in choice.runs],
+        sweep={"sampler": cfg.sweep_sampler, "steps": cfg.sweep_steps, "rows": sweep_rows})

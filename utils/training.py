@@ -212,6 +212,21 @@ def train(model: nn.Module, loss_fn: Callable, loader, cfg, *, on_log: Callable[
         return _train(model, loss_fn, loader, cfg, on_log, accelerator, progress, held)
 
 
+def optimization_step(loss_fn: Callable, model, batch: dict, accelerator, optimizer, trained: list, grad_clip: float,
+                      ema, ema_source: nn.Module) -> torch.Tensor:
+    """One iteration: the loss of ``batch``, backward, gradient clipping (``grad_clip`` > 0), the AdamW step, the EMA
+    update from ``ema_source``. Returns the loss. The loop runs it (then the learning-rate step); notebook 04's
+    ``compare.seconds_per_step`` times it."""
+    loss = loss_fn(model, batch)
+    accelerator.backward(loss)
+    if grad_clip:
+        accelerator.clip_grad_norm_(trained, grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    ema.step(ema_source.parameters())
+    return loss
+
+
 def _train(model: nn.Module, loss_fn: Callable, loader, cfg, on_log, accelerator, progress: bool,
            lock: TrainingLock | None) -> TrainResult:
     """``train`` after the accelerator and the folder lock are in place."""
@@ -273,14 +288,9 @@ def _train(model: nn.Module, loss_fn: Callable, loader, cfg, on_log, accelerator
             epoch, start = divmod(step, steps_per_epoch)
             for batch in loader.epoch(epoch, start):
                 threads.tick()
-                loss = loss_fn(forward_model, batch)
-                accelerator.backward(loss)
-                if cfg.grad_clip:
-                    accelerator.clip_grad_norm_(trained, cfg.grad_clip)
-                optimizer.step()
+                loss = optimization_step(loss_fn, forward_model, batch, accelerator, optimizer, trained, cfg.grad_clip,
+                                         ema, raw_model)
                 lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                ema.step(raw_model.parameters())
                 losses.add(loss)
                 step += 1
                 out_of_time = time.monotonic() - start_time > budget
