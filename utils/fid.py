@@ -16,7 +16,6 @@ from tqdm.auto import tqdm
 
 from .data import to_unit
 from .devices import model_device
-from .fixtures import RandomFeatures
 
 
 # The protocol (CompareConfig holds the numbers, notebook 04 states them):
@@ -114,6 +113,8 @@ def _inception_help() -> str:
 def feature_extractor(kind: str = "inception", weights_path: str | Path | None = None) -> nn.Module:
     """``"inception"``: the FID network (``inception_extractor``); ``"random"``: ``RandomFeatures`` (smoke runs)."""
     if kind == "random":
+        from .fixtures import RandomFeatures    # a stand-in: only smoke runs and tests import the fixtures
+
         return RandomFeatures()
     if kind == "inception":
         return inception_extractor(weights_path)

@@ -20,7 +20,6 @@ import importlib
 import zipfile
 from pathlib import Path
 
-import torch
 
 from ..io import safe_load
 from .common import DatasetError, ImageSet, cache_path, decode_images, list_images, load_or_build_cache
@@ -140,16 +139,6 @@ def load_anime(data_dir: str | Path, cache_dir: str | Path, *, image_size: int =
     raise DatasetError(f"No Anime Faces found. Looked for PNGs in {layouts}, and for a cache "
                        f"anime_{image_size}px_*.pt in {cache_dir}. Set download='kaggle' (or 'huggingface', "
                        f"'gdown') to fetch it. {HELP}")
-
-
-def fits_on_device(images: torch.Tensor, device: torch.device | str, *, max_fraction: float = 0.25) -> bool:
-    """Should a uint8 image tensor live on ``device``? On the CPU always; on a GPU when it takes at
-    most ``max_fraction`` of the free memory (Anime Faces at 64 px: 263 MB of a T4's 15 GB)."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return True
-    free, _ = torch.cuda.mem_get_info(device)
-    return images.numel() * images.element_size() <= max_fraction * free
 
 
 # ----------------------------------------------------------------------------- downloads (Colab)
